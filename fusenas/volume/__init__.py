@@ -1,0 +1,1 @@
+"""The virtual RAID volume: members, superblocks, layout, parity and the logical array."""

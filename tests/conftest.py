@@ -1,0 +1,1 @@
+"""Shared fixtures. Real-mount fixtures live in tests/mount/conftest.py."""
