@@ -19,3 +19,15 @@ class JournalError(FusenasError):
 
 class NoSpaceError(FusenasError):
     """The volume (or the metadata area) has no room for the request: ENOSPC."""
+
+
+class FsError(FusenasError):
+    """A filesystem operation fails with a POSIX errno (ENOENT, EEXIST, ENOTEMPTY, ...).
+
+    Raised by the metadata and file layers; the FUSE adapter turns it into
+    ``pyfuse3.FUSEError(errno)``.
+    """
+
+    def __init__(self, errno: int, message: str = "") -> None:
+        super().__init__(message or f"errno {errno}")
+        self.errno = errno
