@@ -138,9 +138,7 @@ def _xor_into(acc: U64, blocks: Sequence[ByteData], padded: int) -> None:
         np.bitwise_xor(acc, _words(d, padded), out=acc)
 
 
-def _syndrome(
-    data: Sequence[ByteData | None], padded: int, want_q: bool
-) -> tuple[U64, U64 | None]:
+def _syndrome(data: Sequence[ByteData | None], padded: int, want_q: bool) -> tuple[U64, U64 | None]:
     """P and Q of ``data``, a missing (None) block counting as zeros."""
     words = padded // 8
     p = np.zeros(words, dtype=np.uint64)
