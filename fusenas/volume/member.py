@@ -246,9 +246,7 @@ class FileDevice:
         """
         if size < 0:
             raise ValueError(f"negative size {size}")
-        await trio.to_thread.run_sync(
-            _create_sparse, os.fspath(path), size, abandon_on_cancel=True
-        )
+        await trio.to_thread.run_sync(_create_sparse, os.fspath(path), size, abandon_on_cancel=True)
 
     @property
     def size(self) -> int:

@@ -199,9 +199,7 @@ class Superblock:
         if not (0 <= self.member_index < self.members or self.member_index == SPARE_INDEX):
             raise ValueError(f"member index {self.member_index} outside 0..{self.members - 1}")
         if len(self.member_states) != self.members:
-            raise ValueError(
-                f"{len(self.member_states)} member states for {self.members} members"
-            )
+            raise ValueError(f"{len(self.member_states)} member states for {self.members} members")
         if not 0 < self.chunk <= _U32_MAX:
             raise ValueError(f"chunk size {self.chunk} outside 1..{_U32_MAX}")
         for field in (
