@@ -1,0 +1,473 @@
+"""The logical volume: one address space of bytes striped over the members by a ``Geometry``.
+
+Invariants
+----------
+* Offsets given to ``Array`` are logical byte offsets in ``[0, geometry.logical_size)``; member
+  offsets it issues are absolute (the member's data area starts at ``data_offset``).
+* Member states: ``ACTIVE`` members serve I/O; ``FAULTY`` (failed while running) and
+  ``MISSING`` (absent at open) are never touched. A member is marked faulty on its first
+  ``OSError`` or on an I/O that misses its deadline, and the request that hit the failure is
+  retried from redundancy, so it succeeds whenever the level still tolerates the failures.
+  ``on_member_failure`` callbacks run (synchronously) so the layers above can record it.
+* A stripe write is analysed (which data blocks it covers), decided (full-stripe, read-modify-
+  write or reconstruct-write, see :func:`choose_strategy`) and only then issued. When the write
+  updates parity without covering the whole stripe row, the exact member writes are handed to
+  the ``journal`` callback first, and issued only after it returns (closes the write hole: see
+  docs/architecture.md).
+* Concurrent writes to the same stripe must be serialized by the caller (the stripe cache
+  does); the array itself keeps no per-stripe state.
+
+Cancellation: a cancelled ``read`` leaves nothing behind. A cancelled ``write`` may have
+reached any subset of its member writes, exactly like a power cut; the journal makes that safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from fusenas.errors import DataLostError
+from fusenas.units import ByteData
+from fusenas.volume import parity
+from fusenas.volume.device import BlockDevice
+from fusenas.volume.layout import Geometry, Level, Piece
+from fusenas.volume.superblock import DATA_OFFSET, MemberState
+
+log = logging.getLogger(__name__)
+
+#: Default deadline of one member I/O, seconds. A member that does not answer in time is
+#: failed and the request is served from redundancy.
+DEFAULT_IO_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class MemberWrite:
+    """One write to one member: absolute member byte offset and the bytes."""
+
+    member: int
+    offset: int
+    data: bytes
+
+
+JournalHook = Callable[[Sequence[MemberWrite]], Awaitable[None]]
+FailureHook = Callable[[int, str], None]
+
+
+class Strategy(enum.Enum):
+    """How a stripe row is updated (md's names)."""
+
+    FULL = "full-stripe"  # parity from the new data alone, no reads
+    RMW = "read-modify-write"  # read old data of the written blocks and old parity
+    RCW = "reconstruct-write"  # read the data blocks not being written, recompute parity
+    DEGRADED = "degraded"  # some member of the row is down: read all, recover, recompute
+
+
+def choose_strategy(
+    ndata: int, nparity: int, covered: int, touched: int, degraded: bool
+) -> Strategy:
+    """Pick the stripe update strategy by counting member reads, as md's raid5 does.
+
+    ``covered`` data blocks are fully overwritten over the row range, ``touched`` data blocks
+    are written at least in part (``covered <= touched <= ndata``). Read-modify-write reads the
+    old contents of every touched block and every parity block; reconstruct-write reads every
+    data block that is not fully covered. Ties go to reconstruct-write, which leaves parity
+    computed from scratch rather than patched.
+    """
+    if degraded:
+        return Strategy.DEGRADED
+    if covered == ndata:
+        return Strategy.FULL
+    rmw_reads = touched + nparity
+    rcw_reads = ndata - covered
+    return Strategy.RMW if rmw_reads < rcw_reads else Strategy.RCW
+
+
+class _MemberFailed(Exception):
+    def __init__(self, member: int) -> None:
+        super().__init__(member)
+        self.member = member
+
+
+class Array:
+    """Reads and writes on the logical volume over ``devices`` (``None`` for an absent member)."""
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        devices: Sequence[BlockDevice | None],
+        states: Sequence[MemberState] | None = None,
+        *,
+        data_offset: int = DATA_OFFSET,
+        io_timeout: float = DEFAULT_IO_TIMEOUT,
+    ) -> None:
+        if len(devices) != geometry.members:
+            raise ValueError("one device (or None) per member")
+        self.geometry = geometry
+        self.devices: list[BlockDevice | None] = list(devices)
+        self.states: list[MemberState] = (
+            list(states)
+            if states is not None
+            else [MemberState.ACTIVE if d is not None else MemberState.MISSING for d in devices]
+        )
+        for i, dev in enumerate(self.devices):
+            if dev is None:
+                self.states[i] = MemberState.MISSING
+        self.data_offset = data_offset
+        self.io_timeout = io_timeout
+        self.failure_hooks: list[FailureHook] = []
+        self.bytes_read = [0] * geometry.members
+        self.bytes_written = [0] * geometry.members
+
+    # -- member state ---------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Logical size in bytes."""
+        return self.geometry.logical_size
+
+    def is_active(self, member: int) -> bool:
+        return self.states[member] == MemberState.ACTIVE
+
+    @property
+    def failed_members(self) -> list[int]:
+        return [i for i, s in enumerate(self.states) if s != MemberState.ACTIVE]
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.failed_members)
+
+    @property
+    def usable(self) -> bool:
+        """True while no data is lost: the failures are within what the level tolerates.
+
+        RAID10 tolerates one failure per mirror pair, so it is judged pair by pair.
+        """
+        failed = self.failed_members
+        if self.geometry.level == Level.RAID10:
+            return all(
+                not (2 * p in failed and 2 * p + 1 in failed)
+                for p in range(self.geometry.members // 2)
+            )
+        return len(failed) <= self.geometry.tolerated_failures
+
+    def fail_member(self, member: int, reason: str) -> None:
+        """Mark ``member`` faulty (idempotent) and tell the hooks. Never raises."""
+        if self.states[member] in (MemberState.FAULTY, MemberState.MISSING):
+            return
+        self.states[member] = MemberState.FAULTY
+        log.warning("member %d (%s) failed: %s", member, self._name(member), reason)
+        for hook in self.failure_hooks:
+            hook(member, reason)
+
+    def _name(self, member: int) -> str:
+        dev = self.devices[member]
+        return dev.name if dev is not None else "missing"
+
+    # -- member I/O with failure detection -----------------------------------------------
+
+    async def _member_read(self, member: int, offset: int, length: int) -> bytes:
+        dev = self.devices[member]
+        if dev is None or not self.is_active(member):
+            raise _MemberFailed(member)
+        try:
+            with trio.fail_after(self.io_timeout):
+                data = await dev.read(self.data_offset + offset, length)
+        except (OSError, trio.TooSlowError) as exc:
+            self.fail_member(member, _describe(exc))
+            raise _MemberFailed(member) from exc
+        self.bytes_read[member] += length
+        return data
+
+    async def _member_write(self, w: MemberWrite) -> None:
+        dev = self.devices[w.member]
+        if dev is None or not self.is_active(w.member):
+            return  # a down member simply misses the write; its blocks come from redundancy
+        try:
+            with trio.fail_after(self.io_timeout):
+                await dev.write(w.offset, w.data)
+        except (OSError, trio.TooSlowError) as exc:
+            self.fail_member(w.member, _describe(exc))
+            return
+        self.bytes_written[w.member] += len(w.data)
+
+    async def issue(self, writes: Sequence[MemberWrite]) -> None:
+        """Issue member writes concurrently (also used to replay journaled STRIPE records).
+
+        A member that fails is marked faulty and skipped; if that leaves data unrecoverable
+        a ``DataLostError`` is raised after all writes were attempted.
+        """
+        async with trio.open_nursery() as nursery:
+            for w in writes:
+                nursery.start_soon(self._member_write, w)
+        self._check_usable()
+
+    def _check_usable(self) -> None:
+        if not self.usable:
+            raise DataLostError(
+                f"too many failed members for {self.geometry.level.name}: "
+                + ", ".join(f"{i} ({self._name(i)})" for i in self.failed_members)
+            )
+
+    async def flush(self) -> None:
+        """Make every completed member write durable (fdatasync each active member)."""
+
+        async def one(member: int, dev: BlockDevice) -> None:
+            try:
+                with trio.fail_after(self.io_timeout):
+                    await dev.flush()
+            except (OSError, trio.TooSlowError) as exc:
+                self.fail_member(member, _describe(exc))
+
+        async with trio.open_nursery() as nursery:
+            for i, dev in enumerate(self.devices):
+                if dev is not None and self.is_active(i):
+                    nursery.start_soon(one, i, dev)
+        self._check_usable()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Read ``length`` logical bytes at ``offset``, reconstructing around failed members.
+
+        Raises ``DataLostError`` only for data that no surviving member can provide.
+        """
+        if length == 0:
+            return b""
+        pieces = self.geometry.map_range(offset, length)
+        if len(pieces) == 1:
+            return await self._read_piece(pieces[0])
+        out = bytearray(length)
+        lost: list[DataLostError] = []
+
+        async def one(piece: Piece) -> None:
+            try:
+                data = await self._read_piece(piece)
+            except DataLostError as exc:
+                lost.append(exc)  # raised after the nursery, not as an ExceptionGroup
+                return
+            start = piece.logical_offset - offset
+            out[start : start + piece.length] = data
+
+        async with trio.open_nursery() as nursery:
+            for p in pieces:
+                nursery.start_soon(one, p)
+        if lost:
+            raise lost[0]
+        return bytes(out)
+
+    async def _read_piece(self, piece: Piece) -> bytes:
+        for member in piece.copies:
+            if self.is_active(member):
+                try:
+                    return await self._member_read(member, piece.member_offset, piece.length)
+                except _MemberFailed:
+                    continue
+        if self.geometry.parity_count == 0:
+            raise DataLostError(
+                f"no surviving copy of logical bytes {piece.logical_offset}+{piece.length}"
+            )
+        rows = await self.read_rows(piece.stripe, piece.chunk_offset, piece.length)
+        return rows[piece.data_index]
+
+    async def read_rows(self, stripe: int, chunk_offset: int, length: int) -> list[bytes]:
+        """Return the data blocks of ``stripe`` over ``[chunk_offset, +length)``, reconstructed.
+
+        Parity levels only. Reads every available member of the row concurrently (data and
+        parity), then recovers what is missing. Raises ``DataLostError`` if too much is gone.
+        """
+        g = self.geometry
+        ndata = g.data_per_stripe
+        member_off = stripe * g.chunk + chunk_offset
+        pmembers = g.parity_members(stripe)
+        dmembers = [g.data_copies(stripe, i)[0] for i in range(ndata)]
+        got: dict[int, bytes] = {}
+
+        async def one(member: int) -> None:
+            with contextlib.suppress(_MemberFailed):  # a failed member is recovered below
+                got[member] = await self._member_read(member, member_off, length)
+
+        async with trio.open_nursery() as nursery:
+            for m in [*dmembers, *pmembers]:
+                if self.is_active(m):
+                    nursery.start_soon(one, m)
+        data: list[ByteData | None] = [got.get(m) for m in dmembers]
+        if all(d is not None for d in data):
+            return [bytes(d) for d in data if d is not None]
+        p = got.get(pmembers[0])
+        q = got.get(pmembers[1]) if len(pmembers) > 1 else None
+        return parity.recover(data, p, q)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write(
+        self, offset: int, data: ByteData, *, journal: JournalHook | None = None
+    ) -> None:
+        """Write ``data`` at logical ``offset``: stripe by stripe, parity kept consistent.
+
+        ``journal`` (if given) receives the member writes of every partial parity update
+        before they are issued; see the module docstring.
+        """
+        view = memoryview(data)
+        by_stripe: dict[int, list[tuple[int, memoryview]]] = {}
+        for piece in self.geometry.map_range(offset, len(view)):
+            start = piece.logical_offset - offset
+            by_stripe.setdefault(piece.stripe, []).append(
+                (piece.logical_offset, view[start : start + piece.length])
+            )
+        for stripe, parts in by_stripe.items():
+            await self.write_stripe(stripe, parts, journal=journal)
+
+    async def write_stripe(
+        self,
+        stripe: int,
+        parts: Sequence[tuple[int, ByteData]],
+        *,
+        journal: JournalHook | None = None,
+    ) -> Strategy | None:
+        """Write ``parts`` (logical offset, bytes), all inside ``stripe``. Returns the strategy
+        used for parity levels (None for RAID0/1/10)."""
+        g = self.geometry
+        pieces = [
+            (p, memoryview(buf)[p.logical_offset - off : p.logical_offset - off + p.length])
+            for off, buf in parts
+            for p in g.map_range(off, len(buf))
+        ]
+        if any(p.stripe != stripe for p, _ in pieces):
+            raise ValueError("parts cross the stripe")
+        if g.parity_count == 0:
+            await self.issue(
+                [
+                    MemberWrite(m, self.data_offset + p.member_offset, bytes(buf))
+                    for p, buf in pieces
+                    for m in p.copies
+                ]
+            )
+            return None
+        return await self._write_parity_stripe(stripe, pieces, journal)
+
+    async def _write_parity_stripe(
+        self,
+        stripe: int,
+        pieces: list[tuple[Piece, memoryview]],
+        journal: JournalHook | None,
+    ) -> Strategy:
+        g = self.geometry
+        ndata = g.data_per_stripe
+        lo = min(p.chunk_offset for p, _ in pieces)
+        hi = max(p.chunk_offset + p.length for p, _ in pieces)
+        rlen = hi - lo
+        # Analyse: the new bytes of each data block over the row range [lo, hi).
+        new: dict[int, bytearray] = {}
+        filled: dict[int, int] = {}
+        for p, buf in pieces:
+            block = new.setdefault(p.data_index, bytearray(rlen))
+            block[p.chunk_offset - lo : p.chunk_offset - lo + p.length] = buf
+            filled[p.data_index] = filled.get(p.data_index, 0) + p.length
+        covered = {i for i, n in filled.items() if n >= rlen}
+        dmembers = [g.data_copies(stripe, i)[0] for i in range(ndata)]
+        pmembers = g.parity_members(stripe)
+        row_members = [*dmembers, *pmembers]
+        strategy = choose_strategy(
+            ndata,
+            len(pmembers),
+            len(covered),
+            len(new),
+            any(not self.is_active(m) for m in row_members),
+        )
+        # Decide and compute: the full new data of the row, then parity.
+        member_off = stripe * g.chunk + lo
+        if strategy is Strategy.RMW:
+            try:
+                old = await self._read_many(
+                    [*(dmembers[i] for i in new), *pmembers], member_off, rlen
+                )
+            except _MemberFailed:
+                return await self._write_parity_stripe(stripe, pieces, journal)
+            old_p = old[pmembers[0]]
+            old_q = old[pmembers[1]] if len(pmembers) > 1 else b""
+            for i, block in new.items():
+                old_d = old[dmembers[i]]
+                merged = _merge(old_d, block, pieces, i, lo)
+                if len(pmembers) == 1:
+                    old_p = parity.update_p(old_p, old_d, merged)
+                else:
+                    old_p, old_q = parity.update_pq(old_p, old_q, i, old_d, merged)
+            parities = [old_p] if len(pmembers) == 1 else [old_p, old_q]
+        else:
+            if strategy is Strategy.FULL:
+                full: list[bytes] = [bytes(new[i]) for i in range(ndata)]
+            elif strategy is Strategy.RCW:
+                need = [dmembers[i] for i in range(ndata) if i not in covered]
+                try:
+                    old = await self._read_many(need, member_off, rlen)
+                except _MemberFailed:
+                    return await self._write_parity_stripe(stripe, pieces, journal)
+                full = [
+                    bytes(new[i])
+                    if i in covered
+                    else _merge(old[dmembers[i]], new.get(i), pieces, i, lo)
+                    for i in range(ndata)
+                ]
+            else:
+                rows = await self.read_rows(stripe, lo, rlen)
+                full = [_merge(rows[i], new.get(i), pieces, i, lo) for i in range(ndata)]
+            parities = [parity.gen_p(full)] if len(pmembers) == 1 else list(parity.gen_pq(full))
+        writes = [
+            MemberWrite(dmembers[p.data_index], self.data_offset + p.member_offset, bytes(buf))
+            for p, buf in pieces
+        ] + [
+            MemberWrite(m, self.data_offset + member_off, bytes(pv))
+            for m, pv in zip(pmembers, parities, strict=True)
+        ]
+        if journal is not None and strategy is not Strategy.FULL:
+            await journal(writes)
+        await self.issue(writes)
+        return strategy
+
+    async def _read_many(
+        self, members: Sequence[int], offset: int, length: int
+    ) -> dict[int, bytes]:
+        """Read the same member range from several members; ``_MemberFailed`` if any fails."""
+        out: dict[int, bytes] = {}
+        failed: list[int] = []
+
+        async def one(m: int) -> None:
+            try:
+                out[m] = await self._member_read(m, offset, length)
+            except _MemberFailed:
+                failed.append(m)
+
+        async with trio.open_nursery() as nursery:
+            for m in members:
+                nursery.start_soon(one, m)
+        if failed:
+            raise _MemberFailed(failed[0])
+        return out
+
+
+def _merge(
+    old: ByteData,
+    new: bytearray | None,
+    pieces: list[tuple[Piece, memoryview]],
+    index: int,
+    lo: int,
+) -> bytes:
+    """Old row bytes of data block ``index`` with the written pieces laid over them."""
+    out = bytearray(old)
+    if new is None:
+        return bytes(out)
+    for p, buf in pieces:
+        if p.data_index == index:
+            out[p.chunk_offset - lo : p.chunk_offset - lo + p.length] = buf
+    return bytes(out)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "I/O deadline exceeded"
+    return str(exc) or type(exc).__name__
