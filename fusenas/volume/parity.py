@@ -148,13 +148,16 @@ def _syndrome(data: Sequence[ByteData | None], padded: int, want_q: bool) -> tup
     q = np.zeros(words, dtype=np.uint64)
     tmp = np.empty(words, dtype=np.uint64)
     # Horner from the highest index down: q = (((D_{n-1})·2 ^ D_{n-2})·2 ^ ...)·2 ^ D_0.
+    started = False  # while q is still all zero, doubling it is wasted work
     for i in range(len(data) - 1, -1, -1):
-        _mul2_inplace(q, tmp)
+        if started:
+            _mul2_inplace(q, tmp)
         d = data[i]
         if d is not None:
             w = _words(d, padded)
             np.bitwise_xor(q, w, out=q)
             np.bitwise_xor(p, w, out=p)
+            started = True
     return p, q
 
 
