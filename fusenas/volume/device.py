@@ -13,8 +13,9 @@ flush survives; any subset of the others may survive, each possibly torn at
 
 from __future__ import annotations
 
-from fusenas.units import ByteData
 from typing import Protocol
+
+from fusenas.units import ByteData
 
 
 class BlockDevice(Protocol):

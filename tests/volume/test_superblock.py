@@ -77,7 +77,7 @@ def superblocks(draw: st.DrawFn) -> Superblock:
         array_uuid=uuid.UUID(int=draw(st.integers(0, (1 << 128) - 1))),
         member_uuid=uuid.UUID(int=draw(st.integers(0, (1 << 128) - 1))),
         name=draw(
-            st.text(st.characters(exclude_characters="\0"), max_size=32).filter(
+            st.text(st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=32).filter(
                 lambda s: len(s.encode()) <= 32
             )
         ),
