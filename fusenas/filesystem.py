@@ -1,0 +1,340 @@
+"""One open fusenas volume: members, journal, checkpoints, metadata and stripe cache, wired.
+
+``open_volume`` is the only place that knows the start-up and shut-down order:
+
+start-up (recovery)
+    assemble the array from the superblocks → load the newest valid checkpoint (note a bad
+    slot) → decode the metadata image → open the WAL at the checkpoint's position → replay:
+    ``STRIPE`` records are re-issued to the members, ``DATA`` records go to the stripe cache,
+    ``META`` records are applied to the metadata store, all in log order → drop orphans →
+    flush the cache, flush members, checkpoint → mark the superblocks dirty (mounted).
+
+shut-down (clean unmount, in this order, also on errors)
+    flush the stripe cache → commit the WAL → flush members → checkpoint (so the log is empty
+    on the next start) → mark the superblocks clean → close the WAL → close the members.
+
+A crash anywhere is recovered by the next start-up; start-up itself is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from fusenas.errors import VolumeError
+from fusenas.meta.image import decode_image, encode_image
+from fusenas.meta.locks import LockShardTable
+from fusenas.meta.ops import decode_op
+from fusenas.meta.store import MetadataStore
+from fusenas.stripe.cache import StripeCache, decode_data, decode_stripe
+from fusenas.units import BLOCK_SIZE
+from fusenas.voldir import VolumeConfig, load_config, save_config
+from fusenas.volume.assemble import ArrayMembers, assemble, check_distinct, create_array
+from fusenas.volume.layout import Level, format_size
+from fusenas.volume.member import FileDevice
+from fusenas.volume.superblock import DATA_OFFSET, ArrayState
+from fusenas.wal.checkpoint import CheckpointRegions
+from fusenas.wal.format import LogPosition, RecordType
+from fusenas.wal.log import WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JOURNAL_SIZE = 512 << 20
+#: Average bytes of image per inode used to size the inode cap from the checkpoint region.
+BYTES_PER_INODE = 512
+#: Room reserved in the log before a metadata operation, bytes (ops are far smaller).
+META_RESERVE = 1 << 16
+
+
+def checkpoint_region_size(logical_size: int, stripe: int) -> int:
+    """Bytes per checkpoint region: 1/64 of the volume, at least 16 MiB, whole stripes."""
+    want = max(16 << 20, logical_size // 64)
+    return -(-want // stripe) * stripe
+
+
+@dataclass
+class Volume:
+    """An open volume. Offsets handed to ``cache`` are logical; file blocks start at
+    ``data_start`` (block ``b`` of the data area is at ``data_start + b * BLOCK_SIZE``)."""
+
+    voldir: Path
+    config: VolumeConfig
+    members: ArrayMembers
+    wal: WriteAheadLog
+    checkpoints: CheckpointRegions
+    meta: MetadataStore
+    cache: StripeCache
+    locks: LockShardTable
+    readonly: bool
+    notes: list[str]
+    _previous_start: LogPosition | None = None
+
+    @property
+    def data_start(self) -> int:
+        return self.checkpoints.data_start
+
+    def block_offset(self, vol_block: int) -> int:
+        """Logical byte offset of data-area block ``vol_block``."""
+        return self.data_start + vol_block * BLOCK_SIZE
+
+    async def reserve_meta(self) -> None:
+        """Wait until the log has room for a metadata operation (backpressure)."""
+        await self.wal.reserve(META_RESERVE)
+
+    async def sync(self) -> None:
+        """Make everything done so far durable (fsync): one group commit of the WAL."""
+        await self.wal.commit()
+
+    async def checkpoint(self) -> None:
+        """Write the metadata image and reclaim log space (see the module docstring).
+
+        The image and the log position are taken at the same instant (no await in between),
+        so the image holds exactly the records before that position.
+        """
+        await self.cache.flush()  # most dirty data goes in place before the snapshot...
+        image = encode_image(self.meta)
+        start = self.wal.head_position()
+        await self.wal.commit()
+        await self.cache.flush()  # ...and the rest, dirtied meanwhile, after it
+        await self.members.array.flush()
+        await self.checkpoints.write(start, image)
+        if self._previous_start is not None:
+            self.wal.reclaim(self._previous_start)
+        self._previous_start = start
+
+    async def run_checkpointer(
+        self,
+        *,
+        fill: float = 0.25,
+        interval: float = 30.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Checkpoint whenever the log is ``fill`` full, or every ``interval`` seconds of
+        activity. Run it in a nursery; cancellation stops it between checkpoints."""
+        task_status.started()
+        last_lsn = self.wal.last_lsn
+        idle_since = trio.current_time()
+        while True:
+            await trio.sleep(0.2)
+            stats = self.wal.statistics()
+            busy = self.wal.last_lsn != last_lsn
+            if stats.used_bytes > fill * stats.capacity or (
+                busy and trio.current_time() - idle_since > interval
+            ):
+                await self.checkpoint()
+                last_lsn = self.wal.last_lsn
+                idle_since = trio.current_time()
+
+
+async def _replay(vol: Volume) -> int:
+    """Apply the log after the checkpoint; returns the number of records replayed."""
+    count = 0
+    async for rec in vol.wal.replay():
+        if rec.type == RecordType.STRIPE:
+            await vol.members.array.issue(decode_stripe(rec.payload))
+        elif rec.type == RecordType.DATA:
+            offset, data = decode_data(rec.payload)
+            await vol.cache.write(offset, data, journal=False)
+        elif rec.type == RecordType.META:
+            vol.meta.apply(decode_op(rec.payload))
+        count += 1
+    return count
+
+
+@contextlib.asynccontextmanager
+async def open_volume(
+    voldir: Path,
+    *,
+    readonly: bool = False,
+    max_dirty: int = 256 << 20,
+    io_timeout: float | None = None,
+    checkpointer: bool = True,
+) -> AsyncIterator[Volume]:
+    """Open (recovering if needed), yield, and cleanly close the volume in ``voldir``."""
+    cfg = load_config(voldir)
+    members = await assemble(
+        cfg.member_paths(voldir),
+        expect_uuid=cfg.array_uuid,
+        readonly=readonly,
+        io_timeout=io_timeout,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(members.aclose)
+        notes = list(members.notes)
+        array = members.array
+        regions = CheckpointRegions(array, cfg.checkpoint_region, cfg.array_uuid)
+        ckpt, cnotes = await regions.load()
+        notes += cnotes
+        jdev = await FileDevice.open(cfg.journal_path(voldir), readonly=readonly)
+        try:
+            wal = await WriteAheadLog.open(jdev, cfg.array_uuid, ckpt.log_start)
+        except BaseException:
+            await jdev.aclose()
+            raise
+        stack.push_async_callback(wal.aclose)
+        meta = decode_image(ckpt.image, journal=lambda payload: None)
+        cache = StripeCache(array, wal, max_dirty=max_dirty)
+        vol = Volume(
+            voldir=voldir,
+            config=cfg,
+            members=members,
+            wal=wal,
+            checkpoints=regions,
+            meta=meta,
+            cache=cache,
+            locks=LockShardTable(),
+            readonly=readonly,
+            notes=notes,
+        )
+        replayed = await _replay(vol)
+        meta.set_journal(lambda payload: wal.append_nowait(RecordType.META, payload))
+        if replayed:
+            notes.append(f"replayed {replayed} journal records after an unclean stop")
+        if readonly:
+            if replayed:
+                raise VolumeError(
+                    "the journal holds changes to replay; mount read-write once to recover"
+                )
+            yield vol
+            return
+        meta.reclaim_orphans()
+        # Start from a fresh checkpoint: the replayed records are then out of the window.
+        vol._previous_start = ckpt.log_start
+        await vol.checkpoint()
+        await members.commit_superblocks(ArrayState.DIRTY)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
+            if checkpointer:
+                await nursery.start(vol.run_checkpointer)
+            try:
+                yield vol
+            finally:
+                with trio.CancelScope(shield=True):
+                    nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await vol.checkpoint()  # replay from it finds nothing: the log is empty
+            await members.commit_superblocks(ArrayState.CLEAN)
+
+
+async def create_volume(
+    voldir: Path,
+    *,
+    level: Level,
+    chunk: int,
+    member_count: int | None = None,
+    member_paths: Sequence[Path] = (),
+    member_size: int | None = None,
+    journal: Path | None = None,
+    journal_size: int = DEFAULT_JOURNAL_SIZE,
+    force: bool = False,
+    name: str = "",
+) -> list[str]:
+    """mkfs: create ``voldir`` with its members, journal and an empty filesystem.
+
+    Either ``member_paths`` (existing files or block devices; ``member_size`` ignored) or
+    ``member_count`` sparse files of ``member_size`` bytes inside ``voldir``. Everything is
+    checked before anything is written; files this call created are removed if it fails.
+    Returns notes for the user.
+    """
+    if (voldir / "fusenas.toml").exists() and not force:
+        raise VolumeError(f"{voldir} already holds a fusenas volume (use --force to recreate it)")
+    if voldir.exists() and not voldir.is_dir():
+        raise VolumeError(f"{voldir} exists and is not a directory")
+    created: list[Path] = []
+    made_dir = not voldir.exists()
+    try:
+        voldir.mkdir(parents=True, exist_ok=True)
+        if member_paths:
+            paths = [Path(p).absolute() for p in member_paths]
+            check_distinct(paths)
+            for p in paths:
+                if p.is_dir():
+                    raise VolumeError(f"member {p} is a directory")
+                if not p.exists():
+                    raise VolumeError(f"member {p} does not exist")
+        else:
+            if member_count is None or member_size is None:
+                raise VolumeError("give --members and --size, or --member paths")
+            paths = [voldir / f"member-{i}.img" for i in range(member_count)]
+            if member_size < DATA_OFFSET + 4 * chunk:
+                raise VolumeError(f"member size {format_size(member_size)} is too small")
+            for p in paths:
+                if p.exists() and not force:
+                    raise VolumeError(f"{p} already exists (use --force to overwrite it)")
+            for p in paths:
+                if p.exists():
+                    p.unlink()
+                await FileDevice.create_file(p, member_size)
+                created.append(p)
+        members = await create_array(paths, level, chunk, name=name, force=force)
+        try:
+            notes = list(members.notes)
+            array = members.array
+            g = array.geometry
+            region = checkpoint_region_size(g.logical_size, g.stripe_data_size)
+            if 2 * region + g.stripe_data_size > g.logical_size:
+                raise VolumeError(
+                    f"volume of {format_size(g.logical_size)} is too small for its metadata"
+                )
+            jpath = journal if journal is not None else voldir / "journal"
+            if jpath.exists() and jpath.is_file() and not force:
+                raise VolumeError(f"journal {jpath} already exists (use --force to overwrite it)")
+            if not jpath.exists() or jpath.is_file():
+                if jpath.exists():
+                    jpath.unlink()
+                await FileDevice.create_file(jpath, journal_size)
+                created.append(jpath)
+            jdev = await FileDevice.open(jpath)
+            try:
+                start = await WriteAheadLog.format(jdev, members.array_uuid)
+            finally:
+                await jdev.aclose()
+            data_blocks = (g.logical_size - 2 * region) // BLOCK_SIZE
+            meta = MetadataStore.create(
+                data_blocks=data_blocks,
+                stripe_blocks=g.stripe_data_size // BLOCK_SIZE,
+                max_inodes=region // BYTES_PER_INODE,
+                journal=lambda payload: None,
+                now_ns=time.time_ns(),
+            )
+            regions = CheckpointRegions(array, region, members.array_uuid)
+            await regions.write(start, encode_image(meta))
+            cfg = VolumeConfig(
+                array_uuid=members.array_uuid,
+                level=g.level,
+                chunk=g.chunk,
+                members=tuple(_relative(p, voldir) for p in paths),
+                journal=_relative(jpath, voldir),
+                journal_size=journal_size,
+                checkpoint_region=region,
+            )
+            save_config(voldir, cfg)
+            notes.append(
+                f"created {g.level.name} volume {members.array_uuid}: {len(paths)} members, "
+                f"chunk {format_size(g.chunk)}, {format_size(data_blocks * BLOCK_SIZE)} usable"
+            )
+            return notes
+        finally:
+            await members.aclose()
+    except BaseException:
+        for p in created:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        if made_dir:
+            shutil.rmtree(voldir, ignore_errors=True)
+        raise
+
+
+def _relative(p: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(p, base) if p.is_relative_to(base) else str(p)
+    except ValueError:
+        return str(p)

@@ -1,0 +1,274 @@
+"""The stripe cache: a write-back cache of logical volume blocks, grouped by stripe.
+
+Every write enters as whole 4 KiB blocks. ``write`` appends one ``DATA`` record to the WAL
+(the data is then as durable as the next ``commit``) and merges the blocks into their stripe's
+dirty set; writes to the same stripe coalesce until the stripe is flushed.
+
+Stripe states (md's raid5.h is the model)::
+
+    clean ──write──► dirty ──flush picks it──► flushing ──member writes done──► clean
+                       ▲                          │
+                       └──── write while flushing ┘  (lands in a new dirty set of the stripe)
+
+A flush of one stripe: **analyse** (which blocks are dirty) → **decide** (the array picks
+full-stripe, read-modify-write or reconstruct-write) → **write-ahead** (commit the WAL up to the
+stripe's newest DATA record, and for a partial parity update journal and commit a ``STRIPE``
+record with the exact member writes) → **issue** (member writes, each under a deadline).
+
+Invariants:
+* At most one flush per stripe at a time (the array requires it); a stripe being flushed keeps
+  its blocks readable until the member writes are done.
+* No block reaches a member before every WAL record up to its ``DATA`` record is durable (the
+  write-ahead rule: a block freed and reused must not be overwritten while the record that
+  freed it could still be lost).
+* Dirty memory is bounded by ``max_dirty`` bytes: ``write`` waits for flushes when it is full.
+
+Cancellation: ``write`` cancelled while waiting for room has done nothing; once it returned its
+record is in the WAL buffer. A cancelled ``flush`` leaves stripes dirty or in flight; in-flight
+stripes are finished by the flush worker, whose member I/O is not cancelled by callers.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from fusenas.units import BLOCK_SIZE, LSN, ByteData
+from fusenas.volume.array import Array, MemberWrite, Strategy
+from fusenas.wal.format import RecordType
+from fusenas.wal.log import WriteAheadLog
+
+_DATA_HEADER = struct.Struct("<Q")
+_STRIPE_ENTRY = struct.Struct("<IQI")
+
+
+def encode_data(offset: int, data: ByteData) -> bytes:
+    """``DATA`` payload: logical offset u64, then the bytes."""
+    return _DATA_HEADER.pack(offset) + bytes(data)
+
+
+def decode_data(payload: bytes) -> tuple[int, memoryview]:
+    (offset,) = _DATA_HEADER.unpack_from(payload)
+    return offset, memoryview(payload)[_DATA_HEADER.size :]
+
+
+def encode_stripe(writes: Sequence[MemberWrite]) -> bytes:
+    """``STRIPE`` payload: count u32, then per write member u32, offset u64, length u32, bytes."""
+    parts = [struct.pack("<I", len(writes))]
+    for w in writes:
+        parts.append(_STRIPE_ENTRY.pack(w.member, w.offset, len(w.data)))
+        parts.append(w.data)
+    return b"".join(parts)
+
+
+def decode_stripe(payload: bytes) -> list[MemberWrite]:
+    (count,) = struct.unpack_from("<I", payload)
+    pos = 4
+    out = []
+    for _ in range(count):
+        member, offset, length = _STRIPE_ENTRY.unpack_from(payload, pos)
+        pos += _STRIPE_ENTRY.size
+        out.append(MemberWrite(member, offset, payload[pos : pos + length]))
+        pos += length
+    return out
+
+
+@dataclass
+class _Stripe:
+    """Dirty blocks of one stripe, keyed by logical block number (offset // BLOCK_SIZE)."""
+
+    blocks: dict[int, bytes] = field(default_factory=dict)
+    max_lsn: int = 0
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    dirty_stripes: int
+    dirty_bytes: int
+    flushing_stripes: int
+    writes: int
+    stripes_flushed: int
+    blocks_per_flush: float
+    full_stripe_writes: int
+    rmw_writes: int
+    rcw_writes: int
+    degraded_writes: int
+
+
+class StripeCache:
+    """Write-back cache over ``array``, journaled through ``wal``. Offsets in logical bytes."""
+
+    def __init__(
+        self,
+        array: Array,
+        wal: WriteAheadLog,
+        *,
+        max_dirty: int = 256 << 20,
+        max_age: float = 5.0,
+        parallel_flushes: int = 8,
+    ) -> None:
+        self.array = array
+        self.wal = wal
+        self.max_dirty = max_dirty
+        self.max_age = max_age
+        self._stripe_size = array.geometry.stripe_data_size
+        self._dirty: dict[int, _Stripe] = {}
+        self._flushing: dict[int, _Stripe] = {}
+        self._dirty_bytes = 0
+        self._changed = trio.Condition()
+        self._wake = trio.Event()
+        self._limiter = trio.CapacityLimiter(parallel_flushes)
+        self._writes = 0
+        self._stripes_flushed = 0
+        self._blocks_flushed = 0
+        self._by_strategy: dict[Strategy | None, int] = {}
+
+    # -- the write and read paths ---------------------------------------------------------
+
+    async def write(self, offset: int, data: ByteData, *, journal: bool = True) -> LSN:
+        """Cache ``data`` (whole blocks, block-aligned) at logical ``offset``; return its LSN.
+
+        ``journal=False`` is for recovery only: the data is already in the log being replayed.
+        Waits while the cache is full (backpressure).
+        """
+        if offset % BLOCK_SIZE or len(data) % BLOCK_SIZE:
+            raise ValueError("stripe cache writes must be whole, aligned blocks")
+        while self._dirty_bytes + len(data) > self.max_dirty and self._dirty_bytes > 0:
+            self._wake.set()
+            async with self._changed:
+                await self._changed.wait()
+        lsn = LSN(0)
+        if journal:
+            lsn = await self.wal.append(RecordType.DATA, encode_data(offset, data))
+        view = memoryview(data)
+        now = trio.current_time()
+        for i in range(0, len(view), BLOCK_SIZE):
+            block = (offset + i) // BLOCK_SIZE
+            stripe = (offset + i) // self._stripe_size
+            st = self._dirty.get(stripe)
+            if st is None:
+                st = self._dirty[stripe] = _Stripe(since=now)
+            if block not in st.blocks:
+                self._dirty_bytes += BLOCK_SIZE
+            st.blocks[block] = bytes(view[i : i + BLOCK_SIZE])
+            st.max_lsn = max(st.max_lsn, lsn)
+        self._writes += 1
+        if self._dirty_bytes > self.max_dirty // 2:
+            self._wake.set()
+        return lsn
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Read logical bytes, dirty and in-flight blocks laid over what the members hold."""
+        base = await self.array.read(offset, length) if length else b""
+        if not self._dirty and not self._flushing:
+            return base
+        out: bytearray | None = None
+        first = offset // BLOCK_SIZE
+        last = (offset + length - 1) // BLOCK_SIZE
+        for block in range(first, last + 1):
+            stripe = block * BLOCK_SIZE // self._stripe_size
+            data = None
+            for table in (self._dirty, self._flushing):
+                st = table.get(stripe)
+                if st is not None and block in st.blocks:
+                    data = st.blocks[block]
+                    break
+            if data is None:
+                continue
+            if out is None:
+                out = bytearray(base)
+            bstart = block * BLOCK_SIZE
+            lo = max(offset, bstart)
+            hi = min(offset + length, bstart + BLOCK_SIZE)
+            out[lo - offset : hi - offset] = data[lo - bstart : hi - bstart]
+        return base if out is None else bytes(out)
+
+    # -- flushing -------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write every stripe dirty at the time of the call in place (not member-flushed).
+
+        Returns when those stripes are clean (or were rewritten by a later flush).
+        """
+        stripes = list(self._dirty)
+        async with trio.open_nursery() as nursery:
+            for s in stripes:
+                nursery.start_soon(self._flush_stripe, s)
+        # Stripes that were already in flight when we were called: wait for them too.
+        while any(s in self._flushing for s in stripes):
+            async with self._changed:
+                await self._changed.wait()
+
+    async def _flush_stripe(self, stripe: int) -> None:
+        async with self._limiter:
+            while stripe in self._flushing:  # one flush per stripe at a time
+                async with self._changed:
+                    await self._changed.wait()
+            st = self._dirty.pop(stripe, None)
+            if st is None:
+                return
+            self._flushing[stripe] = st
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._issue(stripe, st)
+            finally:
+                del self._flushing[stripe]
+                self._dirty_bytes -= BLOCK_SIZE * len(st.blocks)
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def _issue(self, stripe: int, st: _Stripe) -> None:
+        if st.max_lsn:
+            await self.wal.commit(LSN(st.max_lsn))  # the write-ahead rule
+        parts: list[tuple[int, bytes]] = []
+        for block in sorted(st.blocks):
+            off = block * BLOCK_SIZE
+            if parts and parts[-1][0] + len(parts[-1][1]) == off:
+                parts[-1] = (parts[-1][0], parts[-1][1] + st.blocks[block])
+            else:
+                parts.append((off, st.blocks[block]))
+        strategy = await self.array.write_stripe(stripe, parts, journal=self._journal_stripe)
+        self._stripes_flushed += 1
+        self._blocks_flushed += len(st.blocks)
+        self._by_strategy[strategy] = self._by_strategy.get(strategy, 0) + 1
+
+    async def _journal_stripe(self, writes: Sequence[MemberWrite]) -> None:
+        lsn = await self.wal.append(RecordType.STRIPE, encode_stripe(writes))
+        await self.wal.commit(lsn)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background flusher: flushes on memory pressure and age. Run it in a nursery.
+
+        Cancellation stops it between flushes; stripes in flight finish (shielded).
+        """
+        task_status.started()
+        while True:
+            with trio.move_on_after(max(0.05, self.max_age / 4)):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            now = trio.current_time()
+            over = self._dirty_bytes > self.max_dirty // 2
+            old = [s for s, st in self._dirty.items() if over or now - st.since >= self.max_age]
+            if old:
+                async with trio.open_nursery() as nursery:
+                    for s in old:
+                        nursery.start_soon(self._flush_stripe, s)
+
+    def statistics(self) -> CacheStatistics:
+        flushed = self._stripes_flushed
+        return CacheStatistics(
+            dirty_stripes=len(self._dirty),
+            dirty_bytes=self._dirty_bytes,
+            flushing_stripes=len(self._flushing),
+            writes=self._writes,
+            stripes_flushed=flushed,
+            blocks_per_flush=self._blocks_flushed / flushed if flushed else 0.0,
+            full_stripe_writes=self._by_strategy.get(Strategy.FULL, 0),
+            rmw_writes=self._by_strategy.get(Strategy.RMW, 0),
+            rcw_writes=self._by_strategy.get(Strategy.RCW, 0),
+            degraded_writes=self._by_strategy.get(Strategy.DEGRADED, 0),
+        )
