@@ -55,7 +55,7 @@ async def test_append_commit_reopen_replay() -> None:
 
 
 async def test_empty_log_replays_nothing() -> None:
-    dev, wal, start = await fresh()
+    _dev, wal, start = await fresh()
     assert await replayed(wal) == []
     assert wal.head_position() == start
 
@@ -144,7 +144,7 @@ async def test_cancelled_leader_does_not_lose_others_records() -> None:
 
 
 async def test_backpressure_waits_for_reclaim() -> None:
-    dev, wal, start = await fresh(3 * 4096)
+    _dev, wal, _start = await fresh(3 * 4096)
     while True:
         try:
             wal.append_nowait(RecordType.DATA, bytes(500))
@@ -169,7 +169,7 @@ async def test_backpressure_waits_for_reclaim() -> None:
 
 
 async def test_reserve_then_append_nowait_atomically() -> None:
-    dev, wal, start = await fresh(3 * 4096)
+    dev, wal, _start = await fresh(3 * 4096)
     while True:
         try:
             wal.append_nowait(RecordType.DATA, bytes(700))
@@ -194,7 +194,7 @@ async def test_reserve_then_append_nowait_atomically() -> None:
 
 
 async def test_record_bigger_than_log_raises() -> None:
-    dev, wal, _ = await fresh(3 * 4096)
+    _dev, wal, _ = await fresh(3 * 4096)
     with pytest.raises(JournalError, match="does not fit"):
         await wal.append(RecordType.DATA, bytes(wal.capacity))
     with pytest.raises(JournalError, match="does not fit"):
@@ -209,14 +209,14 @@ async def test_record_bigger_than_log_raises() -> None:
 
 
 async def test_other_array_refused() -> None:
-    dev, wal, start = await fresh()
+    dev, _wal, start = await fresh()
     other = uuid.UUID(int=1)
     with pytest.raises(JournalError, match=f"another array .*{ARRAY}.*{other}"):
         await WriteAheadLog.open(dev, other, start)
 
 
 async def test_older_and_newer_than_checkpoint() -> None:
-    dev, wal, start = await fresh()
+    dev, wal, _start = await fresh()
     for i in range(5):
         await wal.append(RecordType.META, bytes([i]))
     await wal.commit()
