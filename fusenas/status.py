@@ -1,0 +1,135 @@
+"""``fusenas status``: the state of a volume, read from its member superblocks.
+
+The report is a JSON-ready dict (schema in docs/status.md) rendered like ``/proc/mdstat``.
+It opens every member read-only and never writes, so it is safe on a mounted volume too;
+a MOUNTPOINT argument is resolved to its volume directory through ``/proc/mounts``
+(the mount's source is ``fusenas:VOLUME-DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fusenas.errors import VolumeError
+from fusenas.voldir import is_volume_dir, load_config
+from fusenas.volume.layout import format_size
+from fusenas.volume.member import FileDevice
+from fusenas.volume.superblock import MemberState, SuperblockError, read_superblock
+
+SCHEMA_VERSION = 1
+
+
+def mounts() -> dict[Path, Path]:
+    """Mounted fusenas volumes: mount point → volume directory."""
+    found: dict[Path, Path] = {}
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            for line in f:
+                source, target, fstype, *_ = line.split()
+                if fstype.endswith("fusenas") and source.startswith("fusenas:"):
+                    decode = bytes(target, "utf-8").decode("unicode_escape")
+                    found[Path(decode)] = Path(source[len("fusenas:") :])
+    except OSError:
+        pass
+    return found
+
+
+def resolve_volume(target: Path) -> tuple[Path, Path | None]:
+    """``(volume dir, mount point or None)`` for a VOLUME-DIR or a MOUNTPOINT argument."""
+    table = mounts()
+    if target in table:
+        return table[target], target
+    if is_volume_dir(target):
+        mounted = next((m for m, v in table.items() if v == target), None)
+        return target, mounted
+    raise VolumeError(f"{target} is neither a fusenas volume directory nor a fusenas mount")
+
+
+async def collect_status(target: Path) -> dict[str, Any]:
+    voldir, mountpoint = resolve_volume(target)
+    cfg = load_config(voldir)
+    members: list[dict[str, Any]] = []
+    newest = None
+    for i, path in enumerate(cfg.member_paths(voldir)):
+        entry: dict[str, Any] = {"slot": i, "path": str(path), "state": "missing"}
+        try:
+            dev = await FileDevice.open(path, readonly=True)
+        except VolumeError as exc:
+            entry["error"] = str(exc)
+            members.append(entry)
+            continue
+        try:
+            sb, note = await read_superblock(dev)
+            entry.update(
+                index=sb.member_index,
+                events=sb.events,
+                size=dev.size,
+                state="active",
+                array_uuid=str(sb.array_uuid),
+            )
+            if note:
+                entry["note"] = note
+            if sb.array_uuid != cfg.array_uuid:
+                entry["state"] = "foreign"
+            elif newest is None or sb.events > newest.events:
+                newest = sb
+        except SuperblockError as exc:
+            entry["error"] = str(exc)
+        finally:
+            await dev.aclose()
+        members.append(entry)
+    if newest is None:
+        raise VolumeError(f"no member of {voldir} has a readable superblock")
+    for entry in members:
+        if entry["state"] != "active":
+            continue
+        recorded = newest.member_states[entry["index"]]
+        if entry["events"] < newest.events:
+            entry["state"] = "stale"
+        elif recorded != MemberState.ACTIVE:
+            entry["state"] = recorded.name.lower()
+    active = sum(e["state"] == "active" for e in members)
+    return {
+        "schema": SCHEMA_VERSION,
+        "volume": str(voldir),
+        "mountpoint": str(mountpoint) if mountpoint else None,
+        "uuid": str(cfg.array_uuid),
+        "name": newest.name,
+        "level": int(newest.level),
+        "chunk": newest.chunk,
+        "size": newest.logical_size,
+        "member_count": newest.members,
+        "active_members": active,
+        "degraded": active < newest.members,
+        "state": "mounted" if mountpoint else newest.state.name.lower(),
+        "events": newest.events,
+        "journal": {"path": str(cfg.journal_path(voldir)), "size": cfg.journal_size},
+        "members": members,
+    }
+
+
+def render_status(r: dict[str, Any]) -> str:
+    """The report as /proc/mdstat would show it."""
+    name = r["name"] or os.path.basename(r["volume"].rstrip("/"))
+    health = "active" if r["active_members"] else "inactive"
+    parts = []
+    for e in r["members"]:
+        flag = {"active": "", "faulty": "(F)", "spare": "(S)", "rebuilding": "(R)"}.get(
+            e["state"], f"({e['state']})"
+        )
+        parts.append(f"{os.path.basename(e['path'])}[{e['slot']}]{flag}")
+    bar = "".join("U" if e["state"] == "active" else "_" for e in r["members"])
+    lines = [
+        f"{name} : {health} raid{r['level']} {' '.join(parts)}",
+        f"      {r['size']} bytes ({format_size(r['size'])}) {format_size(r['chunk'])} chunk "
+        f"[{r['member_count']}/{r['active_members']}] [{bar}]",
+        f"      state: {r['state']}{', degraded' if r['degraded'] else ''}, events: {r['events']}"
+        + (f", mounted on {r['mountpoint']}" if r["mountpoint"] else ""),
+        f"      uuid: {r['uuid']}  journal: {r['journal']['path']}",
+    ]
+    for e in r["members"]:
+        if "error" in e or "note" in e:
+            lines.append(f"      member {e['slot']}: {e.get('error') or e.get('note')}")
+    return "\n".join(lines) + "\n"
