@@ -28,6 +28,8 @@ class MemoryDevice:
         self.unflushed: list[tuple[int, bytes]] = []
         self.writes = 0
         self.flushes = 0
+        self.bytes_written = 0
+        self.closed = False
 
     @property
     def size(self) -> int:
@@ -38,8 +40,14 @@ class MemoryDevice:
         return self._name
 
     def _check(self, offset: int, length: int) -> None:
+        if self.closed:
+            raise OSError(f"{self._name}: device closed")
         if offset < 0 or length < 0 or offset + length > self._size:
-            raise ValueError(f"I/O {offset}+{length} outside device of {self._size} bytes")
+            raise OSError(f"{self._name}: I/O {offset}+{length} outside {self._size} bytes")
+
+    @property
+    def unflushed_writes(self) -> int:
+        return len(self.unflushed)
 
     async def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
@@ -53,8 +61,10 @@ class MemoryDevice:
         self.data[offset : offset + len(raw)] = raw
         self.unflushed.append((offset, raw))
         self.writes += 1
+        self.bytes_written += len(raw)
 
     async def flush(self) -> None:
+        self._check(0, 0)
         await trio.lowlevel.checkpoint()
         for offset, raw in self.unflushed:
             self.durable[offset : offset + len(raw)] = raw
@@ -62,16 +72,11 @@ class MemoryDevice:
         self.flushes += 1
 
     async def aclose(self) -> None:
+        self.closed = True
         await trio.lowlevel.checkpoint()
 
-    def crash(self, rng: random.Random, *, keep: float = 0.5, tear: float = 0.3) -> None:
-        """Power cut: keep every flushed write and a random, possibly torn, subset of the rest.
-
-        Each unflushed write survives with probability ``keep``; a surviving write is torn with
-        probability ``tear``, in which case each of its 4 KiB sectors (aligned to the device)
-        survives on its own coin flip. Surviving writes land in random order, so a later write
-        to the same sector may be overtaken by an earlier one.
-        """
+    def crash_image(self, rng: random.Random, *, keep: float = 0.5, tear: float = 0.3) -> bytes:
+        """What the device would hold after a power cut now (see ``crash``); changes nothing."""
         image = bytearray(self.durable)
         pending = list(self.unflushed)
         rng.shuffle(pending)
@@ -88,6 +93,21 @@ class MemoryDevice:
                     pos = nxt
             else:
                 image[offset : offset + len(raw)] = raw
-        self.data = image
+        return bytes(image)
+
+    def crash(self, rng: random.Random, *, keep: float = 0.5, tear: float = 0.3) -> None:
+        """Power cut: keep every flushed write and a random, possibly torn, subset of the rest.
+
+        Each unflushed write survives with probability ``keep``; a surviving write is torn with
+        probability ``tear``, in which case each of its 4 KiB sectors (aligned to the device)
+        survives on its own coin flip. Surviving writes land in random order, so a later write
+        to the same sector may be overtaken by an earlier one. The device is usable afterwards.
+        """
+        self.restore(self.crash_image(rng, keep=keep, tear=tear))
+
+    def restore(self, image: bytes) -> None:
+        """Reboot with ``image`` as the durable contents."""
+        self.data = bytearray(image)
         self.durable = bytearray(image)
         self.unflushed.clear()
+        self.closed = False

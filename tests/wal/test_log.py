@@ -14,7 +14,7 @@ from fusenas.errors import JournalError
 from fusenas.units import LSN
 from fusenas.wal.format import RECORDS_START, LogPosition, RecordType
 from fusenas.wal.log import WriteAheadLog
-from tests.wal.memdev import MemoryDevice
+from tests.devices import MemoryDevice
 
 ARRAY = uuid.UUID(int=0xABCDEF)
 TYPES = [RecordType.DATA, RecordType.STRIPE, RecordType.META]
