@@ -38,8 +38,9 @@ from fusenas.stripe.cache import StripeCache, decode_data, decode_stripe
 from fusenas.units import BLOCK_SIZE
 from fusenas.voldir import VolumeConfig, load_config, save_config
 from fusenas.volume.assemble import ArrayMembers, assemble, check_distinct, create_array
+from fusenas.volume.device import DeviceProvider
 from fusenas.volume.layout import Level, format_size
-from fusenas.volume.member import FileDevice
+from fusenas.volume.member import FILES
 from fusenas.volume.superblock import DATA_OFFSET, ArrayState
 from fusenas.wal.checkpoint import CheckpointRegions
 from fusenas.wal.format import LogPosition, RecordType
@@ -157,6 +158,7 @@ async def open_volume(
     max_dirty: int = 256 << 20,
     io_timeout: float | None = None,
     checkpointer: bool = True,
+    provider: DeviceProvider = FILES,
 ) -> AsyncIterator[Volume]:
     """Open (recovering if needed), yield, and cleanly close the volume in ``voldir``."""
     cfg = load_config(voldir)
@@ -173,7 +175,7 @@ async def open_volume(
         regions = CheckpointRegions(array, cfg.checkpoint_region, cfg.array_uuid)
         ckpt, cnotes = await regions.load()
         notes += cnotes
-        jdev = await FileDevice.open(cfg.journal_path(voldir), readonly=readonly)
+        jdev = await provider.open(cfg.journal_path(voldir), readonly=readonly)
         try:
             wal = await WriteAheadLog.open(jdev, cfg.array_uuid, ckpt.log_start)
         except BaseException:
@@ -236,6 +238,7 @@ async def create_volume(
     journal_size: int = DEFAULT_JOURNAL_SIZE,
     force: bool = False,
     name: str = "",
+    provider: DeviceProvider = FILES,
 ) -> list[str]:
     """mkfs: create ``voldir`` with its members, journal and an empty filesystem.
 
@@ -272,9 +275,9 @@ async def create_volume(
             for p in paths:
                 if p.exists():
                     p.unlink()
-                await FileDevice.create_file(p, member_size)
+                await provider.create(p, member_size)
                 created.append(p)
-        members = await create_array(paths, level, chunk, name=name, force=force)
+        members = await create_array(paths, level, chunk, name=name, force=force, provider=provider)
         try:
             notes = list(members.notes)
             array = members.array
@@ -290,9 +293,9 @@ async def create_volume(
             if not jpath.exists() or jpath.is_file():
                 if jpath.exists():
                     jpath.unlink()
-                await FileDevice.create_file(jpath, journal_size)
+                await provider.create(jpath, journal_size)
                 created.append(jpath)
-            jdev = await FileDevice.open(jpath)
+            jdev = await provider.open(jpath)
             try:
                 start = await WriteAheadLog.format(jdev, members.array_uuid)
             finally:

@@ -28,8 +28,9 @@ import trio
 
 from fusenas.errors import VolumeError
 from fusenas.volume.array import Array
+from fusenas.volume.device import BlockDevice, DeviceProvider
 from fusenas.volume.layout import Geometry, Level, format_size
-from fusenas.volume.member import FileDevice
+from fusenas.volume.member import FILES
 from fusenas.volume.superblock import (
     DATA_OFFSET,
     RECOVERY_COMPLETE,
@@ -48,7 +49,7 @@ class ArrayMembers:
     """An assembled array: the ``Array`` plus what is needed to keep its superblocks."""
 
     array: Array
-    devices: list[FileDevice | None]
+    devices: list[BlockDevice | None]
     paths: list[Path]
     template: Superblock  # fields common to all members (member-specific ones are replaced)
     member_uuids: list[uuid.UUID]
@@ -77,7 +78,7 @@ class ArrayMembers:
         )
         self.template = sb
 
-        async def one(i: int, dev: FileDevice) -> None:
+        async def one(i: int, dev: BlockDevice) -> None:
             try:
                 await write_superblock(
                     dev, sb.with_(member_index=i, member_uuid=self.member_uuids[i])
@@ -122,11 +123,11 @@ def check_distinct(paths: Sequence[Path]) -> None:
         seen[ident] = p
 
 
-async def _open_all(paths: Sequence[Path], readonly: bool = False) -> list[FileDevice]:
-    devices: list[FileDevice] = []
+async def _open_all(paths: Sequence[Path], provider: DeviceProvider) -> list[BlockDevice]:
+    devices: list[BlockDevice] = []
     try:
         for p in paths:
-            devices.append(await FileDevice.open(p, readonly=readonly))
+            devices.append(await provider.open(p))
     except BaseException:
         for d in devices:
             await d.aclose()
@@ -141,6 +142,7 @@ async def create_array(
     *,
     name: str = "",
     force: bool = False,
+    provider: DeviceProvider = FILES,
 ) -> ArrayMembers:
     """Write fresh superblocks on ``paths`` (existing files or block devices) and return them.
 
@@ -149,7 +151,7 @@ async def create_array(
     written if anything is refused.
     """
     check_distinct(paths)
-    devices = await _open_all(paths)
+    devices = await _open_all(paths, provider)
     try:
         notes: list[str] = []
         sizes = [d.size for d in devices]
@@ -209,6 +211,7 @@ async def assemble(
     expect_uuid: uuid.UUID | None = None,
     readonly: bool = False,
     io_timeout: float | None = None,
+    provider: DeviceProvider = FILES,
 ) -> ArrayMembers:
     """Open the members named by ``paths`` and assemble the array their superblocks describe.
 
@@ -218,11 +221,11 @@ async def assemble(
     """
     check_distinct(paths)
     notes: list[str] = []
-    found: list[tuple[Path, FileDevice, Superblock]] = []
+    found: list[tuple[Path, BlockDevice, Superblock]] = []
     try:
         for p in paths:
             try:
-                dev = await FileDevice.open(p, readonly=readonly)
+                dev = await provider.open(p, readonly=readonly)
             except VolumeError as exc:
                 notes.append(f"member {p} is missing: {exc}")
                 continue
@@ -245,7 +248,7 @@ async def assemble(
                 )
         newest = max(found, key=lambda f: f[2].events)[2]
         n = newest.members
-        devices: list[FileDevice | None] = [None] * n
+        devices: list[BlockDevice | None] = [None] * n
         member_paths: list[Path | None] = [None] * n
         member_uuids = [uuid.uuid4() for _ in range(n)]
         states = [MemberState.MISSING] * n

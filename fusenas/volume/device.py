@@ -13,6 +13,7 @@ flush survives; any subset of the others may survive, each possibly torn at
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from fusenas.units import ByteData
@@ -50,4 +51,17 @@ class BlockDevice(Protocol):
 
     async def aclose(self) -> None:
         """Release the device. Does not flush."""
+        ...
+
+
+class DeviceProvider(Protocol):
+    """Where devices come from: real files and block devices in production
+    (``fusenas.volume.member.FILES``), memory images in the power-cut tests."""
+
+    async def open(self, path: Path, *, readonly: bool = False) -> BlockDevice:
+        """Open an existing device; ``VolumeError`` with one line if it cannot be used."""
+        ...
+
+    async def create(self, path: Path, size: int) -> None:
+        """Create a new sparse device of ``size`` bytes; ``VolumeError`` if it exists."""
         ...

@@ -372,3 +372,16 @@ class FileDevice:
     def __repr__(self) -> str:
         kind = "block device" if self._is_block_device else "file"
         return f"<FileDevice {self._name!r} {kind} size={self._size}>"
+
+
+class FileDevices:
+    """The production ``DeviceProvider``: ``FileDevice`` over files and block devices."""
+
+    async def open(self, path: Path, *, readonly: bool = False) -> FileDevice:
+        return await FileDevice.open(path, readonly=readonly)
+
+    async def create(self, path: Path, size: int) -> None:
+        await FileDevice.create_file(path, size)
+
+
+FILES = FileDevices()
