@@ -238,6 +238,7 @@ async def create_volume(
     journal_size: int = DEFAULT_JOURNAL_SIZE,
     force: bool = False,
     name: str = "",
+    checkpoint_region: int | None = None,
     provider: DeviceProvider = FILES,
 ) -> list[str]:
     """mkfs: create ``voldir`` with its members, journal and an empty filesystem.
@@ -282,7 +283,11 @@ async def create_volume(
             notes = list(members.notes)
             array = members.array
             g = array.geometry
-            region = checkpoint_region_size(g.logical_size, g.stripe_data_size)
+            region = checkpoint_region or checkpoint_region_size(
+                g.logical_size, g.stripe_data_size
+            )
+            if region % g.stripe_data_size:
+                raise VolumeError("checkpoint region must be a whole number of stripes")
             if 2 * region + g.stripe_data_size > g.logical_size:
                 raise VolumeError(
                     f"volume of {format_size(g.logical_size)} is too small for its metadata"
