@@ -1,0 +1,466 @@
+"""FusenasOperations: the pyfuse3 adapter. Translation and errno only.
+
+Each handler checks its arguments, calls the metadata store (``vol.meta``) or the file store
+(``FileStore``) and returns pyfuse3 types. Only ``pyfuse3.FUSEError`` leaves this class: the
+``_boundary`` decorator is the single place where errors become errno.
+
+    FsError(e)                 → e.errno
+    NoSpaceError               → ENOSPC
+    DataLostError, OSError     → EIO (logged once per message)
+    anything else              → EIO (logged with its traceback)
+
+Kernel references (the lookup count)
+    Every reply that hands the kernel an inode (lookup, create, mknod, mkdir, symlink, link,
+    readdirplus entries other than "." and "..") adds one kernel reference; ``forget`` drops
+    them. While an inode has references, or open file handles, it counts as open in the store
+    (``meta.open``/``meta.release``): unlinking it then leaves an orphan that the last
+    ``forget``/``release`` reclaims. So an unlinked file stays readable and writable through
+    its open descriptors, and an inode the kernel still caches never disappears under it.
+    The root is never forgotten and is not counted. Orphans left by a crash are reclaimed by
+    the next mount.
+
+Timeouts
+    Entry and attribute timeouts are 1 s. Every change reaches the volume through this one
+    kernel mount (there is no other client), and the kernel invalidates what it caches on its
+    own changes, so staleness is not a correctness issue; the bound still limits how long a
+    value the daemon changes on its own (st_blocks after a write, ctime, times of a reclaimed
+    orphan) can be reported stale, at the cost of one getattr per second per hot inode.
+    Negative lookups are not cached (ENOENT is raised, not a zero st_ino) since names appear
+    quickly during builds and untar.
+
+Page cache
+    ``open`` returns ``keep_cache=True``: with writeback cache off, every write goes through
+    this daemon and updates the kernel's page cache too, so cached pages never go stale.
+    The writeback cache is off: O_APPEND and size decisions then stay with the daemon.
+
+Locks
+    Namespace handlers call the store without any await between validation and mutation
+    (``await vol.reserve_meta()`` comes first), so they need no shard lock. Data handlers go
+    through ``FileStore``, which takes the inode's shard itself. No handler holds a grant of
+    ``vol.locks`` while calling ``FileStore`` (the table is not reentrant).
+
+atime
+    Reads do not update atime (as ``noatime``; the mount says so). Explicit ``utimensat`` and
+    ``touch -a`` work.
+
+Not exposed by pyfuse3 3.5: fallocate (the kernel answers EOPNOTSUPP), copy_file_range,
+lseek SEEK_DATA/SEEK_HOLE, ioctl, poll on files, file locks (the kernel handles flock/POSIX
+locks locally).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import pyfuse3
+
+from fusenas.errors import DataLostError, FsError, NoSpaceError
+from fusenas.filesystem import Volume
+from fusenas.fs.files import FileStore
+from fusenas.meta.model import Inode
+from fusenas.meta.store import ROOT_INO
+
+log = logging.getLogger(__name__)
+
+ENTRY_TIMEOUT = 1.0
+ATTR_TIMEOUT = 1.0
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Self = TypeVar("_Self", bound="FusenasOperations")
+
+_logged: set[str] = set()
+
+
+def _log_once(msg: str) -> None:
+    if msg in _logged:
+        return
+    if len(_logged) < 10_000:
+        _logged.add(msg)
+    log.error("%s (returning EIO)", msg)
+
+
+def _boundary(
+    fn: Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]]:
+    """The one error boundary: only ``pyfuse3.FUSEError`` leaves a handler."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: _Self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except NoSpaceError:
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
+        except (DataLostError, OSError) as e:
+            _log_once(f"{fn.__name__}: {type(e).__name__}: {e}")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s; returning EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]  # functools._Wrapped
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > 255:
+        raise FsError(errno.ENAMETOOLONG)
+
+
+class FusenasOperations(pyfuse3.Operations):
+    """The FUSE request handlers over one open ``Volume``. See the module docstring."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, volume: Volume) -> None:
+        super().__init__()
+        self.vol = volume
+        self.meta = volume.meta
+        self.files = FileStore(volume)
+        #: inode → kernel lookup count (root excluded).
+        self._lookups: dict[int, int] = {}
+        #: file handle → inode.
+        self._handles: dict[int, int] = {}
+        self._next_fh = 1
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = node.generation
+        a.entry_timeout = ENTRY_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = node.mode
+        a.st_nlink = node.nlink
+        a.st_uid = node.uid
+        a.st_gid = node.gid
+        a.st_rdev = node.rdev
+        a.st_size = node.size
+        a.st_blksize = 4096
+        a.st_blocks = node.blocks * 8
+        a.st_atime_ns = node.atime_ns
+        a.st_mtime_ns = node.mtime_ns
+        a.st_ctime_ns = node.ctime_ns
+        return a
+
+    def _ref(self, node: Inode) -> pyfuse3.EntryAttributes:
+        """Count one kernel reference to ``node`` and return its attributes."""
+        ino = node.ino
+        if ino != ROOT_INO:
+            n = self._lookups.get(ino, 0)
+            if n == 0:
+                self.meta.open(ino)
+            self._lookups[ino] = n + 1
+        return self._attr(node)
+
+    @staticmethod
+    def _mode(mode: int, ctx: pyfuse3.RequestContext) -> int:
+        return stat.S_IFMT(mode) | (mode & 0o7777 & ~ctx.umask)
+
+    # -- lookups and attributes ----------------------------------------------------------
+
+    @_boundary
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._ref(self.meta.lookup(parent_inode, name))
+
+    @_boundary
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # forget must not fail: unknown inodes are ignored.
+        await self.vol.reserve_meta()
+        for ino, nlookup in inode_list:
+            n = self._lookups.get(ino)
+            if n is None:
+                continue
+            if n > nlookup:
+                self._lookups[ino] = n - nlookup
+                continue
+            del self._lookups[ino]
+            with contextlib.suppress(FsError):
+                self.meta.release(ino)
+
+    @_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attr(self.meta.get(inode))
+
+    @_boundary
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            await self.files.truncate(inode, attr.st_size)
+        changes: dict[str, Any] = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if changes or not fields.update_size:
+            await self.vol.reserve_meta()
+            self.meta.setattr(inode, now_ns=time.time_ns(), **changes)
+        return self._attr(self.meta.get(inode))
+
+    @_boundary
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.meta.get(inode)
+        if node.target is None:
+            raise FsError(errno.EINVAL)
+        return node.target
+
+    @_boundary
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        """Only called without ``default_permissions``: the classic owner/group/other check
+        (root may read and write anything and execute what has any x bit)."""
+        node = self.meta.get(inode)
+        if mode == os.F_OK:
+            return True
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or node.is_dir or bool(node.mode & 0o111)
+        if ctx.uid == node.uid:
+            bits = (node.mode >> 6) & 7
+        else:
+            groups = {ctx.gid}
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                groups |= pyfuse3.get_sup_groups(ctx.pid)
+            bits = (node.mode >> 3) & 7 if node.gid in groups else node.mode & 7
+        return (mode & 7) & ~bits == 0
+
+    # -- namespace -----------------------------------------------------------------------
+
+    @_boundary
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _check_name(name)
+        await self.vol.reserve_meta()
+        node = self.meta.mknod(
+            parent_inode, name, self._mode(mode, ctx), rdev, ctx.uid, ctx.gid, time.time_ns()
+        )
+        return self._ref(node)
+
+    @_boundary
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _check_name(name)
+        await self.vol.reserve_meta()
+        node = self.meta.mkdir(
+            parent_inode, name, self._mode(mode, ctx), ctx.uid, ctx.gid, time.time_ns()
+        )
+        return self._ref(node)
+
+    @_boundary
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _check_name(name)
+        await self.vol.reserve_meta()
+        node = self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid, time.time_ns())
+        return self._ref(node)
+
+    @_boundary
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _check_name(new_name)
+        await self.vol.reserve_meta()
+        node = self.meta.link(inode, new_parent_inode, new_name, time.time_ns())
+        return self._ref(node)
+
+    @_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.vol.reserve_meta()
+        self.meta.unlink(parent_inode, name, time.time_ns())
+
+    @_boundary
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.vol.reserve_meta()
+        self.meta.rmdir(parent_inode, name, time.time_ns())
+
+    @_boundary
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        await self.vol.reserve_meta()
+        self.meta.rename(
+            parent_inode_old, name_old, parent_inode_new, name_new, flags, time.time_ns()
+        )
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _new_handle(self, ino: int) -> int:
+        self.meta.open(ino)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = ino
+        return fh
+
+    def _ino(self, fh: int) -> int:
+        ino = self._handles.get(fh)
+        if ino is None:
+            raise FsError(errno.EBADF)
+        return ino
+
+    @_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.meta.get(inode)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        if node.extents is None:
+            raise FsError(errno.EINVAL)  # devices and FIFOs are opened by the kernel
+        return pyfuse3.FileInfo(fh=self._new_handle(inode), keep_cache=True)
+
+    @_boundary
+    async def create(
+        self,
+        parent_inode: int,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        _check_name(name)
+        await self.vol.reserve_meta()
+        node = self.meta.mknod(
+            parent_inode,
+            name,
+            stat.S_IFREG | (mode & 0o7777 & ~ctx.umask),
+            0,
+            ctx.uid,
+            ctx.gid,
+            time.time_ns(),
+        )
+        attr = self._ref(node)
+        return pyfuse3.FileInfo(fh=self._new_handle(node.ino), keep_cache=True), attr
+
+    @_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.files.read(self._ino(fh), off, size)
+
+    @_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.files.write(self._ino(fh), off, buf)
+
+    @_boundary
+    async def flush(self, fh: int) -> None:
+        """close(2) does not imply durability (as on ext4); nothing to do."""
+        self._ino(fh)
+
+    @_boundary
+    async def release(self, fh: int) -> None:
+        ino = self._handles.pop(fh, None)
+        if ino is None:
+            return
+        await self.vol.reserve_meta()
+        self.meta.release(ino)
+
+    @_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self._ino(fh)
+        await self.files.fsync()
+
+    # -- directories ---------------------------------------------------------------------
+
+    @_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.meta.get(inode)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return inode
+
+    @_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Offsets: 1 = ".", 2 = "..", then the store's stable per-entry cookies (>= 3).
+        No await inside: the listing is consistent with one instant of the directory."""
+        node = self.meta.get(fh)
+        if node.dir is None:
+            raise FsError(errno.ENOTDIR)
+        if start_id < 1 and not pyfuse3.readdir_reply(token, b".", self._attr(node), 1):
+            return
+        if start_id < 2:
+            parent = self.meta.get(node.parent) if node.parent else node
+            if not pyfuse3.readdir_reply(token, b"..", self._attr(parent), 2):
+                return
+        for name, child, cookie in self.meta.readdir(fh, max(start_id, 2)):
+            if not pyfuse3.readdir_reply(token, name, self._attr(child), cookie):
+                return
+            self._ref(child)  # readdirplus: the kernel counts a lookup per entry given
+
+    @_boundary
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    @_boundary
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.vol.sync()
+
+    @_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = self.meta.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.block_size
+        out.f_frsize = s.block_size
+        out.f_blocks = s.blocks
+        out.f_bfree = s.free_blocks
+        out.f_bavail = s.free_blocks
+        out.f_files = s.files
+        out.f_ffree = s.free_files
+        out.f_favail = s.free_files
+        out.f_namemax = s.name_max
+        return out
+
+    # -- extended attributes -------------------------------------------------------------
+
+    @_boundary
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        """pyfuse3 implements XATTR_CREATE/XATTR_REPLACE itself (through getxattr) and does
+        not pass the flags on."""
+        await self.vol.reserve_meta()
+        self.meta.setxattr(inode, name, value, 0, time.time_ns())
+
+    @_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        """pyfuse3 answers size probes and ERANGE from the value returned here."""
+        return self.meta.getxattr(inode, name)
+
+    @_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return self.meta.listxattr(inode)
+
+    @_boundary
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.vol.reserve_meta()
+        self.meta.removexattr(inode, name, time.time_ns())
