@@ -113,6 +113,17 @@ def _boundary(
     return wrapper  # type: ignore[return-value]  # functools._Wrapped
 
 
+def _killpriv(mode: int) -> int | None:
+    """The mode without set-user-ID and (for group-executable files) set-group-ID, or None
+    if nothing is to be cleared (directories keep theirs)."""
+    if stat.S_ISDIR(mode):
+        return None
+    kill = stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        kill |= stat.S_ISGID
+    return mode & ~kill if mode & kill else None
+
+
 def _check_name(name: bytes) -> None:
     if len(name) > 255:
         raise FsError(errno.ENAMETOOLONG)
@@ -212,6 +223,12 @@ class FusenasOperations(pyfuse3.Operations):
         changes: dict[str, Any] = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode
+        elif fields.update_uid or fields.update_gid or (fields.update_size and ctx.uid != 0):
+            # libfuse enables FUSE_CAP_HANDLE_KILLPRIV: chown, and truncate by a non-root
+            # caller, clear set-user-ID (and set-group-ID of group-executable files) here.
+            killed = _killpriv(self.meta.get(inode).mode)
+            if killed is not None:
+                changes["mode"] = killed
         if fields.update_uid:
             changes["uid"] = attr.st_uid
         if fields.update_gid:
@@ -339,6 +356,9 @@ class FusenasOperations(pyfuse3.Operations):
             raise FsError(errno.EISDIR)
         if node.extents is None:
             raise FsError(errno.EINVAL)  # devices and FIFOs are opened by the kernel
+        if flags & os.O_TRUNC:
+            # libfuse enables FUSE_CAP_ATOMIC_O_TRUNC: the truncate comes with the open.
+            await self.files.truncate(inode, 0)
         return pyfuse3.FileInfo(fh=self._new_handle(inode), keep_cache=True)
 
     @_boundary
@@ -370,7 +390,12 @@ class FusenasOperations(pyfuse3.Operations):
 
     @_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.files.write(self._ino(fh), off, buf)
+        ino = self._ino(fh)
+        killed = _killpriv(self.meta.get(ino).mode)
+        if killed is not None:  # FUSE_CAP_HANDLE_KILLPRIV: a write drops set-ID bits
+            await self.vol.reserve_meta()
+            self.meta.setattr(ino, mode=killed, now_ns=time.time_ns())
+        return await self.files.write(ino, off, buf)
 
     @_boundary
     async def flush(self, fh: int) -> None:
