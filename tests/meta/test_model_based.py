@@ -61,8 +61,15 @@ class Ref:
 
     def maybe_gone(self, ino: int) -> None:
         if self.nlink[ino] == 0 and not self.opens.get(ino):
-            for table in (self.kind, self.entries, self.parent, self.nlink, self.xattrs,
-                          self.size, self.data):
+            for table in (
+                self.kind,
+                self.entries,
+                self.parent,
+                self.nlink,
+                self.xattrs,
+                self.size,
+                self.data,
+            ):
                 table.pop(ino, None)  # type: ignore[attr-defined]
 
     def create(self, parent: int, name: bytes, kind: str, ino: int) -> int | None:
@@ -127,9 +134,9 @@ class Ref:
         return None
 
 
-def _errno(fn) -> int | None:  # type: ignore[no-untyped-def]
+def _errno(fn, *args, **kw) -> int | None:  # type: ignore[no-untyped-def]
     try:
-        fn()
+        fn(*args, **kw)
     except FsError as e:
         return e.errno
     return None
@@ -161,7 +168,10 @@ def _compare(store: MetadataStore, ref: Ref) -> None:
 
 def _new(journal) -> MetadataStore:  # type: ignore[no-untyped-def]
     return MetadataStore.create(
-        data_blocks=DATA_BLOCKS, stripe_blocks=8, max_inodes=MAX_INODES, journal=journal,
+        data_blocks=DATA_BLOCKS,
+        stripe_blocks=8,
+        max_inodes=MAX_INODES,
+        journal=journal,
         now_ns=1,
     )
 
@@ -187,9 +197,27 @@ def run_sequence(seed: int, steps: int) -> None:
         d1, d2 = rng.choice(dirs), rng.choice(dirs)
         n1, n2 = rng.choice(NAMES), rng.choice(NAMES)
         action = rng.choice(
-            ["create", "create", "mkdir", "mkdir", "symlink", "link", "unlink", "rmdir",
-             "rename", "rename", "truncate", "xattr", "rmxattr", "write", "write", "punch",
-             "fallocate", "open", "release"]
+            [
+                "create",
+                "create",
+                "mkdir",
+                "mkdir",
+                "symlink",
+                "link",
+                "unlink",
+                "rmdir",
+                "rename",
+                "rename",
+                "truncate",
+                "xattr",
+                "rmxattr",
+                "write",
+                "write",
+                "punch",
+                "fallocate",
+                "open",
+                "release",
+            ]
         )
         before = store.state_digest()
         if action in ("create", "mkdir", "symlink"):
@@ -197,11 +225,11 @@ def run_sequence(seed: int, steps: int) -> None:
             kind = {"create": "f", "mkdir": "d", "symlink": "l"}[action]
             want = ref.create(d1, n1, kind, ino)
             if action == "create":
-                got = _errno(lambda: store.mknod(d1, n1, stat.S_IFREG | 0o644, 0, 1, 1, now))
+                got = _errno(store.mknod, d1, n1, stat.S_IFREG | 0o644, 0, 1, 1, now)
             elif action == "mkdir":
-                got = _errno(lambda: store.mkdir(d1, n1, 0o755, 1, 1, now))
+                got = _errno(store.mkdir, d1, n1, 0o755, 1, 1, now)
             else:
-                got = _errno(lambda: store.symlink(d1, n1, b"target", 1, 1, now))
+                got = _errno(store.symlink, d1, n1, b"target", 1, 1, now)
         elif action == "link":
             if not linked_files:
                 continue
@@ -210,7 +238,7 @@ def run_sequence(seed: int, steps: int) -> None:
             if want is None:
                 ref.entries[d1][n1] = f
                 ref.nlink[f] += 1
-            got = _errno(lambda: store.link(f, d1, n1, now))
+            got = _errno(store.link, f, d1, n1, now)
         elif action in ("unlink", "rmdir"):
             target = ref.entries[d1].get(n1)
             if target is None:
@@ -219,19 +247,22 @@ def run_sequence(seed: int, steps: int) -> None:
                 want = errno.EISDIR if ref.kind[target] == "d" else None
             else:
                 want = (
-                    errno.ENOTDIR if ref.kind[target] != "d"
-                    else errno.ENOTEMPTY if ref.entries[target] else None
+                    errno.ENOTDIR
+                    if ref.kind[target] != "d"
+                    else errno.ENOTEMPTY
+                    if ref.entries[target]
+                    else None
                 )
             if want is None:
                 assert target is not None
                 del ref.entries[d1][n1]
                 ref.drop_link(d1, target)
             fn = store.unlink if action == "unlink" else store.rmdir
-            got = _errno(lambda: fn(d1, n1, now))
+            got = _errno(fn, d1, n1, now)
         elif action == "rename":
             flags = rng.choice([0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])
             want = ref.rename(d1, n1, d2, n2, flags)
-            got = _errno(lambda: store.rename(d1, n1, d2, n2, flags, now))
+            got = _errno(store.rename, d1, n1, d2, n2, flags, now)
         elif action in ("truncate", "write", "punch", "fallocate"):
             if not files:
                 continue
@@ -244,12 +275,12 @@ def run_sequence(seed: int, steps: int) -> None:
                     ref.data[f] = {b: c for b, c in ref.data[f].items() if b < keep}
                 ref.size[f] = size
                 want = None
-                got = _errno(lambda: store.setattr(f, size=size, now_ns=now))
+                got = _errno(store.setattr, f, size=size, now_ns=now)
             elif action == "punch":
                 for b in range(first, first + count):
                     ref.data[f].pop(b, None)
                 want = None
-                got = _errno(lambda: store.punch(f, first, count, now))
+                got = _errno(store.punch, f, first, count, now)
             elif action == "write":
                 free = DATA_BLOCKS - ref.used_blocks()
                 want = errno.ENOSPC if count > free else None
@@ -263,16 +294,16 @@ def run_sequence(seed: int, steps: int) -> None:
                         ref.data[f][first + i] = crcs[i]
                     new_size = max(ref.size[f], (first + count) * BS - rng.randrange(BS))
                     ref.size[f] = new_size
-                    got = _errno(lambda: store.map_blocks(f, first, runs, crcs, new_size, now))
+                    got = _errno(store.map_blocks, f, first, runs, crcs, new_size, now)
                 else:
-                    got = _errno(lambda: store.plan_allocation(f, first, count))
+                    got = _errno(store.plan_allocation, f, first, count)
             else:
                 holes = [b for b in range(first, first + count) if b not in ref.data[f]]
                 want = errno.ENOSPC if len(holes) > DATA_BLOCKS - ref.used_blocks() else None
                 if want is None:
                     for b in holes:
                         ref.data[f][b] = UNWRITTEN
-                got = _errno(lambda: store.fallocate(f, first, count, None, now))
+                got = _errno(store.fallocate, f, first, count, None, now)
         elif action in ("xattr", "rmxattr"):
             ino = rng.choice(sorted(ref.kind))
             name = rng.choice([b"user.a", b"user.b", b"trusted.c"])
@@ -280,17 +311,20 @@ def run_sequence(seed: int, steps: int) -> None:
                 flags = rng.choice([0, 1, 2])
                 exists = name in ref.xattrs[ino]
                 want = (
-                    errno.EEXIST if flags == 1 and exists
-                    else errno.ENODATA if flags == 2 and not exists else None
+                    errno.EEXIST
+                    if flags == 1 and exists
+                    else errno.ENODATA
+                    if flags == 2 and not exists
+                    else None
                 )
                 value = bytes([rng.randrange(256)]) * rng.randrange(0, 50)
                 if want is None:
                     ref.xattrs[ino][name] = value
-                got = _errno(lambda: store.setxattr(ino, name, value, flags, now))
+                got = _errno(store.setxattr, ino, name, value, flags, now)
             else:
                 want = None if name in ref.xattrs[ino] else errno.ENODATA
                 ref.xattrs[ino].pop(name, None)
-                got = _errno(lambda: store.removexattr(ino, name, now))
+                got = _errno(store.removexattr, ino, name, now)
         elif action == "open":
             if not files:
                 continue
