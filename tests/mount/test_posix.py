@@ -378,3 +378,17 @@ def test_readdir_stable_while_changing(mnt: Path) -> None:
         assert len(os.listdir(dfd)) == len(os.listdir(d))
     finally:
         os.close(dfd)
+
+
+@requires_root
+def test_write_and_chown_clear_set_id_bits(mnt: Path) -> None:
+    p = mnt / "prog"
+    p.write_bytes(b"#!/bin/sh\n")
+    os.chown(p, 65534, 65534)
+    os.chmod(p, 0o6755)
+    r = as_nobody("sh", "-c", f"echo more >> {p}")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o755
+    os.chmod(p, 0o4755)
+    os.chown(p, 0, 0)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o755
