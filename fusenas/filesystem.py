@@ -167,6 +167,7 @@ async def open_volume(
         expect_uuid=cfg.array_uuid,
         readonly=readonly,
         io_timeout=io_timeout,
+        provider=provider,
     )
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(members.aclose)
@@ -286,8 +287,7 @@ async def create_volume(
             region = checkpoint_region or checkpoint_region_size(
                 g.logical_size, g.stripe_data_size
             )
-            if region % g.stripe_data_size:
-                raise VolumeError("checkpoint region must be a whole number of stripes")
+            region = -(-region // g.stripe_data_size) * g.stripe_data_size  # whole stripes
             if 2 * region + g.stripe_data_size > g.logical_size:
                 raise VolumeError(
                     f"volume of {format_size(g.logical_size)} is too small for its metadata"

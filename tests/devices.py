@@ -57,7 +57,10 @@ class MemoryDevice:
     async def write(self, offset: int, data: ByteData) -> None:
         self._check(offset, len(data))
         await trio.lowlevel.checkpoint()
-        raw = bytes(data)
+        self.apply_write(offset, bytes(data))
+
+    def apply_write(self, offset: int, raw: bytes) -> None:
+        """The effect of ``write``, synchronously (replaying a recorded run)."""
         self.data[offset : offset + len(raw)] = raw
         self.unflushed.append((offset, raw))
         self.writes += 1
@@ -66,6 +69,10 @@ class MemoryDevice:
     async def flush(self) -> None:
         self._check(0, 0)
         await trio.lowlevel.checkpoint()
+        self.apply_flush()
+
+    def apply_flush(self) -> None:
+        """The effect of ``flush``, synchronously."""
         for offset, raw in self.unflushed:
             self.durable[offset : offset + len(raw)] = raw
         self.unflushed.clear()
@@ -104,6 +111,14 @@ class MemoryDevice:
         to the same sector may be overtaken by an earlier one. The device is usable afterwards.
         """
         self.restore(self.crash_image(rng, keep=keep, tear=tear))
+
+    def copy(self) -> MemoryDevice:
+        """An independent device in exactly this state (durable image and unflushed writes)."""
+        dev = MemoryDevice(self._size, self._name)
+        dev.data = bytearray(self.data)
+        dev.durable = bytearray(self.durable)
+        dev.unflushed = list(self.unflushed)
+        return dev
 
     def restore(self, image: bytes) -> None:
         """Reboot with ``image`` as the durable contents."""

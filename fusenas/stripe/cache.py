@@ -121,6 +121,7 @@ class StripeCache:
         self._dirty_bytes = 0
         self._changed = trio.Condition()
         self._wake = trio.Event()
+        self._waiting_writers = 0
         self._limiter = trio.CapacityLimiter(parallel_flushes)
         self._writes = 0
         self._stripes_flushed = 0
@@ -138,9 +139,13 @@ class StripeCache:
         if offset % BLOCK_SIZE or len(data) % BLOCK_SIZE:
             raise ValueError("stripe cache writes must be whole, aligned blocks")
         while self._dirty_bytes + len(data) > self.max_dirty and self._dirty_bytes > 0:
+            self._waiting_writers += 1
             self._wake.set()
-            async with self._changed:
-                await self._changed.wait()
+            try:
+                async with self._changed:
+                    await self._changed.wait()
+            finally:
+                self._waiting_writers -= 1
         lsn = LSN(0)
         if journal:
             lsn = await self.wal.append(RecordType.DATA, encode_data(offset, data))
@@ -251,7 +256,7 @@ class StripeCache:
                 await self._wake.wait()
             self._wake = trio.Event()
             now = trio.current_time()
-            over = self._dirty_bytes > self.max_dirty // 2
+            over = self._dirty_bytes > self.max_dirty // 2 or self._waiting_writers > 0
             old = [s for s, st in self._dirty.items() if over or now - st.since >= self.max_age]
             if old:
                 async with trio.open_nursery() as nursery:

@@ -6,9 +6,10 @@ refuses before writing a byte, with a one-line ``VolumeError`` naming the offend
 Assembly rules (md's, simplified):
 * every member's superblock must carry the same array UUID (and the one the caller expects);
 * each member index may appear once; a path that is absent or unreadable is *missing*;
-* event counters: a member whose counter is lower than the highest one missed updates while it
-  was away (an unclean stop, or it was failed), so its contents are stale and it is treated as
-  faulty until it is rebuilt;
+* event counters: the superblock with the highest counter is the authority. A member it
+  records as failed or missing missed writes while it was away, so its contents are stale and
+  it is treated as faulty until it is rebuilt. A member with a lower counter that the authority
+  still records as active only missed an interrupted superblock update and is used;
 * an array with more missing/stale members than its level tolerates is refused.
 
 Superblock updates (``ArrayMembers.commit_superblocks``) bump the event counter and are written
@@ -263,16 +264,18 @@ async def assemble(
             devices[i] = dev
             member_paths[i] = p
             member_uuids[i] = sb.member_uuid
-            if sb.events < newest.events:
+            if newest.member_states[i] != MemberState.ACTIVE:
+                # The newest superblock recorded this member's failure: it missed writes.
                 notes.append(
-                    f"member {i} ({p}) is stale (events {sb.events} < {newest.events}); "
+                    f"member {i} ({p}) is stale (events {sb.events}, array at "
+                    f"{newest.events}, marked {newest.member_states[i].name.lower()}); "
                     "it needs a rebuild and is not used"
                 )
                 states[i] = MemberState.FAULTY
-            elif newest.member_states[i] != MemberState.ACTIVE:
-                notes.append(f"member {i} ({p}) is marked {newest.member_states[i].name.lower()}")
-                states[i] = MemberState.FAULTY
             else:
+                # A lower event counter on a member the newest superblock still counts as
+                # active only means a superblock update was interrupted (md accepts it too):
+                # no data write ever skips an active member.
                 states[i] = MemberState.ACTIVE
         geometry = Geometry(Level(newest.level), n, newest.chunk, newest.member_data_size)
         array = Array(geometry, devices, states, data_offset=newest.data_offset)
