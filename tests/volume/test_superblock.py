@@ -77,9 +77,9 @@ def superblocks(draw: st.DrawFn) -> Superblock:
         array_uuid=uuid.UUID(int=draw(st.integers(0, (1 << 128) - 1))),
         member_uuid=uuid.UUID(int=draw(st.integers(0, (1 << 128) - 1))),
         name=draw(
-            st.text(st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=32).filter(
-                lambda s: len(s.encode()) <= 32
-            )
+            st.text(
+                st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=32
+            ).filter(lambda s: len(s.encode()) <= 32)
         ),
         level=draw(st.sampled_from(sorted(LEVELS))),
         chunk=draw(st.integers(1, (1 << 32) - 1)),
