@@ -184,7 +184,11 @@ async def open_volume(
             raise
         stack.push_async_callback(wal.aclose)
         meta = decode_image(ckpt.image, journal=lambda payload: None)
-        cache = StripeCache(array, wal, max_dirty=max_dirty)
+        # Ordinary records may fill half the log; the other half is kept for the STRIPE
+        # records that flushing the cache appends during a checkpoint. The cache's dirty
+        # data (plus parity) must therefore fit in that half.
+        wal.headroom = wal.capacity // 2
+        cache = StripeCache(array, wal, max_dirty=min(max_dirty, wal.capacity // 8))
         vol = Volume(
             voldir=voldir,
             config=cfg,
