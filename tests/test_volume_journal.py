@@ -151,3 +151,45 @@ async def test_open_volume_refuses_missing_journal(tmp_path: Path) -> None:
     with pytest.raises(VolumeError, match="journal"):
         async with open_volume(vol):
             pass
+
+
+async def test_full_log_backpressure_never_deadlocks(tmp_path: Path) -> None:
+    """Write 5x the journal's size: writers wait for checkpoints, nothing hangs or fails."""
+    from fusenas.fs.files import FileStore
+
+    vol = tmp_path / "v"
+    await create_volume(
+        vol,
+        level=Level.RAID6,
+        chunk=16384,
+        member_count=4,
+        member_size=64 << 20,
+        journal_size=2 << 20,
+    )
+    rng = random.Random(5)
+    model: dict[int, bytes] = {}
+    async with open_volume(vol) as v:
+        files = FileStore(v)
+        inos = []
+        for i in range(4):
+            await v.reserve_meta()
+            inos.append(v.meta.mknod(1, b"f%d" % i, stat.S_IFREG | 0o644, 0, 0, 0, 1).ino)
+
+        async def writer(ino: int) -> None:
+            data = bytearray()
+            for _ in range(40):
+                chunk = rng.randbytes(rng.choice([4096, 30000, 200000]))
+                await files.write(ino, len(data), chunk)
+                data += chunk
+            model[ino] = bytes(data)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for ino in inos:
+                    nursery.start_soon(writer, ino)
+        assert v.wal.statistics().bytes_written > 5 * (2 << 20)
+    async with open_volume(vol) as v:
+        files = FileStore(v)
+        for ino, data in model.items():
+            assert await files.read(ino, 0, len(data)) == data
+        assert check(v.meta) == []

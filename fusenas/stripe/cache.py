@@ -242,7 +242,7 @@ class StripeCache:
         self._by_strategy[strategy] = self._by_strategy.get(strategy, 0) + 1
 
     async def _journal_stripe(self, writes: Sequence[MemberWrite]) -> None:
-        lsn = await self.wal.append(RecordType.STRIPE, encode_stripe(writes))
+        lsn = await self.wal.append(RecordType.STRIPE, encode_stripe(writes), urgent=True)
         await self.wal.commit(lsn)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

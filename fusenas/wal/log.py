@@ -155,6 +155,8 @@ class WriteAheadLog:
         self._commit_done = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
         self._failed: JournalError | None = None
+        #: Bytes at the end of the free space that only ``urgent`` records may use.
+        self.headroom = 0
         self._closed = False
         self._appends = 0
         self._commits = 0
@@ -337,13 +339,16 @@ class WriteAheadLog:
             end += left
         return pad, end
 
+    def _limit(self, urgent: bool) -> int:
+        """Virtual position the head may not pass: ordinary records stop ``headroom`` short."""
+        return self._tail_v + self._capacity - (0 if urgent else self.headroom)
+
     def _room_for(self, nbytes: int) -> bool:
         """True if records totalling ``nbytes`` (encoded) can be appended now, wraps included."""
         remaining = self._log_size - self._offset(self._head_v)
         # A wrap wastes at most everything up to the end of the ring; then skip + terminator.
         waste = 0 if nbytes <= remaining else remaining
-        limit = self._tail_v + self._capacity
-        return self._head_v + waste + nbytes + 2 * RECORD_HEADER_SIZE <= limit
+        return self._head_v + waste + nbytes + 2 * RECORD_HEADER_SIZE <= self._limit(False)
 
     def _check_size(self, nbytes: int) -> None:
         if nbytes > self.max_record_size:
@@ -352,11 +357,14 @@ class WriteAheadLog:
                 f"(at most {self.max_record_size})"
             )
 
-    def append_nowait(self, type: RecordType, payload: ByteData) -> LSN:
+    def append_nowait(self, type: RecordType, payload: ByteData, *, urgent: bool = False) -> LSN:
         """Encode a record into the pending buffer and return its LSN; never awaits.
 
         ``trio.WouldBlock`` if the log has no room until ``reclaim``; JournalError if the record
-        can never fit, or the log failed or is closed.
+        can never fit, or the log failed or is closed. Only ``urgent`` records may use the
+        last ``headroom`` bytes: those are the records a checkpoint itself needs to append
+        (the stripe cache's ``STRIPE`` records), so a log full of ordinary records can always
+        be checkpointed and reclaimed instead of deadlocking.
         """
         self._usable()
         if type == RecordType.PAD:
@@ -364,7 +372,7 @@ class WriteAheadLog:
         size = record_size(len(payload))
         self._check_size(size)
         pad, end = self._place(size)
-        if end + RECORD_HEADER_SIZE > self._tail_v + self._capacity:
+        if end + RECORD_HEADER_SIZE > self._limit(urgent):
             raise trio.WouldBlock
         if pad:
             offset = self._offset(self._head_v)
@@ -388,7 +396,7 @@ class WriteAheadLog:
         self._pending_bytes += len(data)
         self._next_lsn = LSN(self._next_lsn + 1)
 
-    async def append(self, type: RecordType, payload: ByteData) -> LSN:
+    async def append(self, type: RecordType, payload: ByteData, *, urgent: bool = False) -> LSN:
         """``append_nowait``, waiting for ``reclaim`` while the log is full (backpressure).
 
         Cancellation: while waiting; nothing has been appended then. Waiters are not served in
@@ -396,7 +404,7 @@ class WriteAheadLog:
         """
         while True:
             try:
-                return self.append_nowait(type, payload)
+                return self.append_nowait(type, payload, urgent=urgent)
             except trio.WouldBlock:
                 await self._room.park()
 
