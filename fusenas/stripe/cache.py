@@ -167,30 +167,33 @@ class StripeCache:
         return lsn
 
     async def read(self, offset: int, length: int) -> bytes:
-        """Read logical bytes, dirty and in-flight blocks laid over what the members hold."""
+        """Read logical bytes, dirty and in-flight blocks laid over what the members hold.
+
+        The overlay is collected *before* the member read: a stripe whose flush completes while
+        the members are being read is still served from the overlay, never from the older
+        member contents read just before its write landed.
+        """
+        overlay: list[tuple[int, bytes]] = []
+        if length and (self._dirty or self._flushing):
+            first = offset // BLOCK_SIZE
+            last = (offset + length - 1) // BLOCK_SIZE
+            for block in range(first, last + 1):
+                stripe = block * BLOCK_SIZE // self._stripe_size
+                for table in (self._dirty, self._flushing):
+                    st = table.get(stripe)
+                    if st is not None and block in st.blocks:
+                        overlay.append((block, st.blocks[block]))
+                        break
         base = await self.array.read(offset, length) if length else b""
-        if not self._dirty and not self._flushing:
+        if not overlay:
             return base
-        out: bytearray | None = None
-        first = offset // BLOCK_SIZE
-        last = (offset + length - 1) // BLOCK_SIZE
-        for block in range(first, last + 1):
-            stripe = block * BLOCK_SIZE // self._stripe_size
-            data = None
-            for table in (self._dirty, self._flushing):
-                st = table.get(stripe)
-                if st is not None and block in st.blocks:
-                    data = st.blocks[block]
-                    break
-            if data is None:
-                continue
-            if out is None:
-                out = bytearray(base)
+        out = bytearray(base)
+        for block, data in overlay:
             bstart = block * BLOCK_SIZE
             lo = max(offset, bstart)
             hi = min(offset + length, bstart + BLOCK_SIZE)
             out[lo - offset : hi - offset] = data[lo - bstart : hi - bstart]
-        return base if out is None else bytes(out)
+        return bytes(out)
 
     # -- flushing -------------------------------------------------------------------------
 
