@@ -178,7 +178,9 @@ async def open_volume(
         notes += cnotes
         jdev = await provider.open(cfg.journal_path(voldir), readonly=readonly)
         try:
-            wal = await WriteAheadLog.open(jdev, cfg.array_uuid, ckpt.log_start)
+            wal = await WriteAheadLog.open(
+                jdev, cfg.array_uuid, ckpt.log_start, readonly=readonly
+            )
         except BaseException:
             await jdev.aclose()
             raise

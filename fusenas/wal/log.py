@@ -187,7 +187,12 @@ class WriteAheadLog:
 
     @classmethod
     async def open(
-        cls, dev: BlockDevice, array_uuid: uuid.UUID, start: LogPosition
+        cls,
+        dev: BlockDevice,
+        array_uuid: uuid.UUID,
+        start: LogPosition,
+        *,
+        readonly: bool = False,
     ) -> WriteAheadLog:
         """Validate the header, scan the log from ``start`` and prepare it for appending.
 
@@ -234,6 +239,10 @@ class WriteAheadLog:
             vpos += (log_size - offset) if nxt == RECORDS_START else h.size
             offset = nxt
             lsn = LSN(lsn + 1)
+        if readonly:  # replay only; appending would need the zeroing below first
+            wal = cls(dev, log_size, slots, start, tail_v, vpos)
+            wal._failed = JournalError("journal opened read-only")
+            return wal
         await _zero_ring(dev, log_size, vpos, min(vpos + ZERO_SPAN, tail_v + capacity))
         await dev.flush()
         return cls(dev, log_size, slots, start, tail_v, vpos)
