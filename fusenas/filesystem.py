@@ -14,22 +14,32 @@ shut-down (clean unmount, in this order, also on errors)
     on the next start) → mark the superblocks clean → close the WAL → close the members.
 
 A crash anywhere is recovered by the next start-up; start-up itself is idempotent.
+
+member failure (``Array.fail_member`` → ``Volume._on_member_failure``, synchronous)
+    marks a superblock update pending and wakes the updater task, which writes the new member
+    states to the surviving members (events + 1). A checkpoint never completes while an update
+    is pending: the checkpoint reclaims the log window that covers the writes the failed
+    member missed, so the failure must be on record first. If the failures exceed what the
+    level tolerates, the volume turns read-only (one error line): writes and metadata changes
+    get EROFS, reads of surviving data keep working, nothing more is written in place or
+    checkpointed, and the journal keeps everything fsynced for the next mount.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from fusenas.errors import VolumeError
+from fusenas.errors import DataLostError, FsError, VolumeError
 from fusenas.meta.image import decode_image, encode_image
 from fusenas.meta.locks import LockShardTable
 from fusenas.meta.ops import decode_op
@@ -41,7 +51,7 @@ from fusenas.volume.assemble import ArrayMembers, assemble, check_distinct, crea
 from fusenas.volume.device import DeviceProvider
 from fusenas.volume.layout import Level, format_size
 from fusenas.volume.member import FILES
-from fusenas.volume.superblock import DATA_OFFSET, ArrayState
+from fusenas.volume.superblock import DATA_OFFSET, ArrayState, MemberState
 from fusenas.wal.checkpoint import CheckpointRegions
 from fusenas.wal.format import LogPosition, RecordType
 from fusenas.wal.log import WriteAheadLog
@@ -77,6 +87,81 @@ class Volume:
     readonly: bool
     notes: list[str]
     _previous_start: LogPosition | None = None
+    #: Why the volume turned read-only while running (None while healthy).
+    failed_readonly: str | None = None
+    _sb_pending: bool = False
+    _fatal: set[int] = field(default_factory=set)
+    _sb_lock: trio.Lock = field(default_factory=trio.Lock)
+    _sb_wake: trio.Event = field(default_factory=trio.Event)
+    #: Called (synchronously) after every member failure, once recorded: spares, metrics.
+    failure_listeners: list[Callable[[int, str], None]] = field(default_factory=list)
+
+    def _on_member_failure(self, member: int, reason: str) -> None:
+        """``Array.failure_hooks`` entry: schedule the superblock update; go read-only if the
+        level no longer covers the failures. Never raises, never blocks."""
+        self._sb_pending = True
+        self._sb_wake.set()
+        array = self.members.array
+        if not array.usable:
+            self._fatal.add(member)
+        if not array.usable:
+            self._go_readonly(
+                f"members {', '.join(map(str, array.failed_members))} of "
+                f"{array.geometry.members} failed, more than "
+                f"{array.geometry.level.name} tolerates"
+            )
+        for listener in self.failure_listeners:
+            listener(member, reason)
+
+    def _go_readonly(self, reason: str) -> None:
+        """Switch to read-only after data became unreachable (once, one log line)."""
+        if self.failed_readonly is not None:
+            return
+        self.failed_readonly = reason
+        self.readonly = True
+        log.error(
+            "volume %s is now READ-ONLY: %s; fsynced data is kept in the journal, "
+            "reads of surviving data still work",
+            self.voldir,
+            reason,
+        )
+
+    async def update_superblocks(self) -> None:
+        """Write pending member-state changes to the superblocks (idempotent, serialized).
+        Returns once no update is pending or one is in flight no more."""
+        async with self._sb_lock:
+            while self._sb_pending and not (self.readonly and self.failed_readonly is None):
+                self._sb_pending = False
+                # The failures past the level's tolerance are not recorded: nothing is written
+                # in place after them, so once those members are back the next mount replays
+                # the journal over them instead of refusing a failed array.
+                array = self.members.array
+                recorded = [
+                    MemberState.ACTIVE if i in self._fatal else s
+                    for i, s in enumerate(array.states)
+                ]
+                await self.members.commit_superblocks(ArrayState.DIRTY, recorded=recorded)
+
+    async def run_superblock_updater(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Background task: commits superblock updates as soon as a failure is recorded."""
+        task_status.started()
+        while True:
+            await self._sb_wake.wait()
+            self._sb_wake = trio.Event()
+            with trio.CancelScope(shield=True):
+                await self.update_superblocks()
+
+    async def run_cache(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The stripe cache's flusher; when the array loses data it stops (read-only)."""
+        try:
+            await self.cache.run(task_status=task_status)
+        except* DataLostError as group:
+            self._go_readonly(str(group.exceptions[0]))
+            await trio.sleep_forever()
 
     @property
     def data_start(self) -> int:
@@ -87,7 +172,11 @@ class Volume:
         return self.data_start + vol_block * BLOCK_SIZE
 
     async def reserve_meta(self) -> None:
-        """Wait until the log has room for a metadata operation (backpressure)."""
+        """Wait until the log has room for a metadata operation (backpressure).
+
+        Every change passes here first: ``FsError(EROFS)`` once the volume is read-only."""
+        if self.failed_readonly is not None:
+            raise FsError(errno.EROFS, f"volume is read-only: {self.failed_readonly}")
         await self.wal.reserve(META_RESERVE)
 
     async def sync(self) -> None:
@@ -98,14 +187,21 @@ class Volume:
         """Write the metadata image and reclaim log space (see the module docstring).
 
         The image and the log position are taken at the same instant (no await in between),
-        so the image holds exactly the records before that position.
+        so the image holds exactly the records before that position. Skipped once the volume
+        went read-only after a failure (the log then keeps everything). Member-state changes
+        reach the superblocks before the checkpoint does (see the module docstring).
         """
+        if self.failed_readonly is not None:
+            return
         await self.cache.flush()  # most dirty data goes in place before the snapshot...
         image = encode_image(self.meta)
         start = self.wal.head_position()
         await self.wal.commit()
         await self.cache.flush()  # ...and the rest, dirtied meanwhile, after it
         await self.members.array.flush()
+        await self.update_superblocks()
+        if self.failed_readonly is not None:
+            return
         await self.checkpoints.write(start, image)
         if self._previous_start is not None:
             self.wal.reclaim(self._previous_start)
@@ -203,6 +299,11 @@ async def open_volume(
             readonly=readonly,
             notes=notes,
         )
+        array.failure_hooks.append(vol._on_member_failure)
+        for i, state in enumerate(array.states):
+            recorded = members.template.member_states[i]
+            if state == MemberState.FAULTY and recorded == MemberState.ACTIVE:
+                vol._sb_pending = True  # failed during assembly/replay: record it
         replayed = await _replay(vol)
         meta.set_journal(lambda payload: wal.append_nowait(RecordType.META, payload))
         if replayed:
@@ -218,9 +319,12 @@ async def open_volume(
         # Start from a fresh checkpoint: the replayed records are then out of the window.
         vol._previous_start = ckpt.log_start
         await vol.checkpoint()
-        await members.commit_superblocks(ArrayState.DIRTY)
+        async with vol._sb_lock:
+            vol._sb_pending = False
+            await members.commit_superblocks(ArrayState.DIRTY)
         async with trio.open_nursery() as nursery:
-            await nursery.start(cache.run)
+            await nursery.start(vol.run_superblock_updater)
+            await nursery.start(vol.run_cache)
             if checkpointer:
                 await nursery.start(vol.run_checkpointer)
             try:
@@ -230,7 +334,12 @@ async def open_volume(
                     nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
             await vol.checkpoint()  # replay from it finds nothing: the log is empty
-            await members.commit_superblocks(ArrayState.CLEAN)
+            if vol.failed_readonly is None:
+                async with vol._sb_lock:
+                    vol._sb_pending = False
+                    await members.commit_superblocks(ArrayState.CLEAN)
+            else:
+                log.error("volume %s closed read-only: %s", voldir, vol.failed_readonly)
 
 
 async def create_volume(

@@ -25,8 +25,12 @@ Copy-on-write, always
 
 Checksums
     One crc32c per mapped block; ``-1`` marks an unwritten block (fallocate), read as zeros.
-    Every block read is verified; a mismatch raises ``FsError(EIO)`` after one warning per
-    (inode, block). Self-heal from redundancy comes later.
+    Every block read is verified. A mismatch is silent corruption: the block is re-read from
+    redundancy (``Array.read_verified``: other copies, or the row reconstructed without the
+    suspect member), the good bytes are returned and the bad member copy is rewritten in place
+    (parity already agrees with the good bytes, so this is no CoW violation). Only when no
+    combination of members passes the check: ``FsError(EIO)`` after one warning per
+    (inode, block).
 
 Locks (``vol.locks``, not reentrant)
     ``read`` takes the inode's shard shared; ``write``, ``truncate`` and ``fallocate`` take it
@@ -128,15 +132,29 @@ class FileStore:
         for fb, vb, crcs in pieces:
             raw = await self.vol.cache.read(self.vol.block_offset(vb), len(crcs) * BLOCK_SIZE)
             view = memoryview(raw)
+            pos = (fb - first) * BLOCK_SIZE
+            out[pos : pos + len(raw)] = raw
             for i, want in enumerate(crcs):
                 block = view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
                 got = _crc(block)
                 if got != want:
-                    self._report(ino, fb + i, vb + i, want, got)
-                    raise FsError(errno.EIO, f"checksum mismatch in inode {ino} block {fb + i}")
-            pos = (fb - first) * BLOCK_SIZE
-            out[pos : pos + len(raw)] = raw
+                    good = await self._heal(ino, fb + i, vb + i, want, got)
+                    bpos = pos + i * BLOCK_SIZE
+                    out[bpos : bpos + BLOCK_SIZE] = good
         return out
+
+    async def _heal(self, ino: int, fblock: int, vblock: int, want: int, got: int) -> bytes:
+        """Silent corruption: the good bytes of one block from redundancy (the bad copy is
+        rewritten by the array), or FsError(EIO) if no member combination has them."""
+        array = self.vol.members.array
+        array.heal.checksum_mismatches += 1
+        result = await array.read_verified(
+            self.vol.block_offset(vblock), BLOCK_SIZE, lambda b: _crc(b) == want
+        )
+        if result.data is not None:
+            return result.data
+        self._report(ino, fblock, vblock, want, got)
+        raise FsError(errno.EIO, f"checksum mismatch in inode {ino} block {fblock}")
 
     def _report(self, ino: int, fblock: int, vblock: int, want: int, got: int) -> None:
         key = (ino, fblock)

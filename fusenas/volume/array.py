@@ -5,7 +5,9 @@ Invariants
 * Offsets given to ``Array`` are logical byte offsets in ``[0, geometry.logical_size)``; member
   offsets it issues are absolute (the member's data area starts at ``data_offset``).
 * Member states: ``ACTIVE`` members serve I/O; ``FAULTY`` (failed while running) and
-  ``MISSING`` (absent at open) are never touched. A member is marked faulty on its first
+  ``MISSING`` (absent at open) are never touched. A ``REBUILDING`` member (a replacement being
+  filled by ``fusenas.volume.rebuild``) receives every write but serves no read until the
+  rebuild marks it active. A member is marked faulty on its first
   ``OSError`` or on an I/O that misses its deadline, and the request that hit the failure is
   retried from redundancy, so it succeeds whenever the level still tolerates the failures.
   ``on_member_failure`` callbacks run (synchronously) so the layers above can record it.
@@ -15,7 +17,15 @@ Invariants
   the ``journal`` callback first, and issued only after it returns (closes the write hole: see
   docs/architecture.md).
 * Concurrent writes to the same stripe must be serialized by the caller (the stripe cache
-  does); the array itself keeps no per-stripe state.
+  does). The array also holds a per-stripe lock around ``write_stripe``, ``rebuild_stripe`` and
+  the repair step of ``read_verified``, so a rebuild never writes a row reconstructed before a
+  concurrent write of that row, and a repair never rewrites parity under a stripe update.
+* Self-heal (``read_verified``): a block whose bytes fail the caller's check (its crc32c) is
+  re-derived from every other combination redundancy offers (other mirror copies; for parity
+  levels the row reconstructed without the suspect member, then without it and one more);
+  the first candidate that passes is returned and the members found holding wrong bytes are
+  rewritten in place with the bytes the rest of the row already agrees with (no parity
+  change, so no journal record is needed: a torn repair leaves a detectable bad copy again).
 
 Cancellation: a cancelled ``read`` leaves nothing behind. A cancelled ``write`` may have
 reached any subset of its member writes, exactly like a power cut; the journal makes that safe.
@@ -26,8 +36,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import trio
 
@@ -56,6 +66,26 @@ class MemberWrite:
 
 JournalHook = Callable[[Sequence[MemberWrite]], Awaitable[None]]
 FailureHook = Callable[[int, str], None]
+Verify = Callable[[bytes], bool]
+
+
+@dataclass
+class HealStatistics:
+    """Silent-corruption counters of one array (read by metrics and scrub)."""
+
+    checksum_mismatches: int = 0  # blocks whose first read failed its check
+    repaired: int = 0  # member copies rewritten with good bytes
+    unrecoverable: int = 0  # blocks no combination of members could produce
+    bad_by_member: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerifiedRead:
+    """What ``read_verified`` found: good bytes (or None) and the members that held bad ones."""
+
+    data: bytes | None
+    bad_members: tuple[int, ...]
+    repaired: tuple[int, ...]
 
 
 class Strategy(enum.Enum):
@@ -122,6 +152,8 @@ class Array:
         self.failure_hooks: list[FailureHook] = []
         self.bytes_read = [0] * geometry.members
         self.bytes_written = [0] * geometry.members
+        self.heal = HealStatistics()
+        self._stripe_locks: dict[int, trio.Lock] = {}
 
     # -- member state ---------------------------------------------------------------------
 
@@ -132,6 +164,32 @@ class Array:
 
     def is_active(self, member: int) -> bool:
         return self.states[member] == MemberState.ACTIVE
+
+    def is_writable(self, member: int) -> bool:
+        """Active or rebuilding: the member receives writes."""
+        return self.devices[member] is not None and self.states[member] in (
+            MemberState.ACTIVE,
+            MemberState.REBUILDING,
+        )
+
+    def attach(self, member: int, dev: BlockDevice, state: MemberState) -> None:
+        """Put ``dev`` in slot ``member`` (a replacement: ``REBUILDING``). The caller closes
+        the device it replaces."""
+        self.devices[member] = dev
+        self.states[member] = state
+
+    @contextlib.asynccontextmanager
+    async def stripe_lock(self, stripe: int) -> AsyncIterator[None]:
+        """Hold the row lock of ``stripe`` (see the module docstring). Not reentrant."""
+        lock = self._stripe_locks.get(stripe)
+        if lock is None:
+            lock = self._stripe_locks[stripe] = trio.Lock()
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._stripe_locks.pop(stripe, None)
 
     @property
     def failed_members(self) -> list[int]:
@@ -185,7 +243,7 @@ class Array:
 
     async def _member_write(self, w: MemberWrite) -> None:
         dev = self.devices[w.member]
-        if dev is None or not self.is_active(w.member):
+        if dev is None or not self.is_writable(w.member):
             return  # a down member simply misses the write; its blocks come from redundancy
         try:
             with trio.fail_after(self.io_timeout):
@@ -225,7 +283,7 @@ class Array:
 
         async with trio.open_nursery() as nursery:
             for i, dev in enumerate(self.devices):
-                if dev is not None and self.is_active(i):
+                if dev is not None and self.is_writable(i):
                     nursery.start_soon(one, i, dev)
         self._check_usable()
 
@@ -302,6 +360,144 @@ class Array:
         q = got.get(pmembers[1]) if len(pmembers) > 1 else None
         return parity.recover(data, p, q)
 
+    # -- self-heal and rebuild ------------------------------------------------------------
+
+    async def _read_row_raw(
+        self, members: Sequence[int], member_off: int, length: int
+    ) -> dict[int, bytes]:
+        """The same member range from each active member of ``members``; failures left out."""
+        got: dict[int, bytes] = {}
+
+        async def one(member: int) -> None:
+            with contextlib.suppress(_MemberFailed):
+                got[member] = await self._member_read(member, member_off, length)
+
+        async with trio.open_nursery() as nursery:
+            for m in members:
+                if self.is_active(m):
+                    nursery.start_soon(one, m)
+        return got
+
+    async def _write_raw(self, member: int, member_off: int, data: bytes) -> bool:
+        """Rewrite one member range in place (repair / rebuild); False if the member failed."""
+        await self._member_write(MemberWrite(member, self.data_offset + member_off, data))
+        return self.is_writable(member)
+
+    async def read_verified(self, offset: int, length: int, verify: Verify) -> VerifiedRead:
+        """Read logical ``[offset, +length)`` (inside one chunk) so that ``verify`` accepts it.
+
+        Tries the normal copy first, then every other way redundancy offers (see the module
+        docstring); members that held bytes disagreeing with the accepted result are rewritten
+        in place. Counts into ``self.heal``. ``data`` is None when nothing passes (the block is
+        really lost). Holds the row lock of the stripe while it reads and repairs.
+        """
+        pieces = self.geometry.map_range(offset, length)
+        if len(pieces) != 1:
+            raise ValueError("read_verified reads inside one chunk")
+        piece = pieces[0]
+        async with self.stripe_lock(piece.stripe):
+            if self.geometry.parity_count == 0:
+                result = await self._verify_mirror(piece, verify)
+            else:
+                result = await self._verify_parity(piece, verify)
+        if result.data is None:
+            self.heal.unrecoverable += 1
+        for m in result.bad_members:
+            self.heal.bad_by_member[m] = self.heal.bad_by_member.get(m, 0) + 1
+        self.heal.repaired += len(result.repaired)
+        if result.bad_members:
+            log.warning(
+                "bad data on member(s) %s at logical %d+%d: %s",
+                ", ".join(map(str, result.bad_members)),
+                offset,
+                length,
+                "repaired" if result.repaired else "not repaired",
+            )
+        return result
+
+    async def _verify_mirror(self, piece: Piece, verify: Verify) -> VerifiedRead:
+        got = await self._read_row_raw(piece.copies, piece.member_offset, piece.length)
+        good = next((got[m] for m in piece.copies if m in got and verify(got[m])), None)
+        if good is None:
+            return VerifiedRead(None, tuple(got), ())
+        bad = tuple(m for m in piece.copies if m in got and got[m] != good)
+        repaired = tuple([m for m in bad if await self._write_raw(m, piece.member_offset, good)])
+        return VerifiedRead(good, bad, repaired)
+
+    async def _verify_parity(self, piece: Piece, verify: Verify) -> VerifiedRead:
+        g = self.geometry
+        stripe = piece.stripe
+        dmembers: list[int] = [g.data_copies(stripe, i)[0] for i in range(g.data_per_stripe)]
+        pmembers: list[int] = list(g.parity_members(stripe))
+        row = [*dmembers, *pmembers]
+        member_off = stripe * g.chunk + piece.chunk_offset
+        got = await self._read_row_raw(row, member_off, piece.length)
+        d = dmembers[piece.data_index]
+        if d in got and verify(got[d]):
+            return VerifiedRead(got[d], (), ())
+        # Exclusion sets: the suspect alone, then the suspect and one more member.
+        suspects: list[tuple[int, ...]] = [(d,)] + [(d, x) for x in row if x != d]
+        for excluded in suspects:
+            unknown = [m for m in row if m in excluded or m not in got]
+            if len(unknown) > len(pmembers):
+                continue
+            data: list[ByteData | None] = [None if m in excluded else got.get(m) for m in dmembers]
+            p = None if pmembers[0] in excluded else got.get(pmembers[0])
+            q = None
+            if len(pmembers) > 1 and pmembers[1] not in excluded:
+                q = got.get(pmembers[1])
+            if sum(x is None for x in data) > sum(x is not None for x in (p, q)):
+                continue
+            try:
+                full = parity.recover(data, p, q)
+            except (ValueError, DataLostError):
+                continue
+            if not verify(full[piece.data_index]):
+                continue
+            want: dict[int, bytes] = dict(zip(dmembers, full, strict=True))
+            pv = [parity.gen_p(full)] if len(pmembers) == 1 else list(parity.gen_pq(full))
+            want.update(zip(pmembers, pv, strict=True))
+            bad = tuple(m for m in excluded if m in got and got[m] != want[m])
+            repaired = tuple([m for m in bad if await self._write_raw(m, member_off, want[m])])
+            return VerifiedRead(full[piece.data_index], bad, repaired)
+        return VerifiedRead(None, (d,) if d in got else (), ())
+
+    async def rebuild_stripe(self, stripe: int, member: int) -> None:
+        """Write the chunk of ``member`` in ``stripe`` from the other members, under the row
+        lock (so a concurrent ``write_stripe`` of the row is either fully before or after).
+        ``DataLostError`` if the row cannot be reconstructed; the target failing is marked
+        faulty (the caller sees it in ``states``)."""
+        g = self.geometry
+        member_off = stripe * g.chunk
+        async with self.stripe_lock(stripe):
+            if g.parity_count == 0:
+                index = 0 if g.level == Level.RAID1 else member // 2
+                if g.level == Level.RAID0:
+                    raise DataLostError("raid0 has no redundancy to rebuild from")
+                copies = [m for m in g.data_copies(stripe, index) if m != member]
+                content = None
+                for m in copies:
+                    if self.is_active(m):
+                        try:
+                            content = await self._member_read(m, member_off, g.chunk)
+                            break
+                        except _MemberFailed:
+                            continue
+                if content is None:
+                    raise DataLostError(f"no surviving copy of stripe {stripe} to rebuild from")
+            else:
+                full = await self.read_rows(stripe, 0, g.chunk)
+                pmembers: list[int] = list(g.parity_members(stripe))
+                if member in pmembers:
+                    pv = [parity.gen_p(full)] if len(pmembers) == 1 else list(parity.gen_pq(full))
+                    content = pv[pmembers.index(member)]
+                else:
+                    dmembers: list[int] = [
+                        g.data_copies(stripe, i)[0] for i in range(g.data_per_stripe)
+                    ]
+                    content = full[dmembers.index(member)]
+            await self._write_raw(member, member_off, content)
+
     # -- writes ---------------------------------------------------------------------------
 
     async def write(
@@ -339,16 +535,17 @@ class Array:
         ]
         if any(p.stripe != stripe for p, _ in pieces):
             raise ValueError("parts cross the stripe")
-        if g.parity_count == 0:
-            await self.issue(
-                [
-                    MemberWrite(m, self.data_offset + p.member_offset, bytes(buf))
-                    for p, buf in pieces
-                    for m in p.copies
-                ]
-            )
-            return None
-        return await self._write_parity_stripe(stripe, pieces, journal)
+        async with self.stripe_lock(stripe):
+            if g.parity_count == 0:
+                await self.issue(
+                    [
+                        MemberWrite(m, self.data_offset + p.member_offset, bytes(buf))
+                        for p, buf in pieces
+                        for m in p.copies
+                    ]
+                )
+                return None
+            return await self._write_parity_stripe(stripe, pieces, journal)
 
     async def _write_parity_stripe(
         self,

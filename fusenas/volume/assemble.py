@@ -64,8 +64,11 @@ class ArrayMembers:
     def events(self) -> int:
         return self.template.events
 
-    async def commit_superblocks(self, state: ArrayState) -> None:
-        """Write ``state`` and the member states to every active member, events + 1.
+    async def commit_superblocks(
+        self, state: ArrayState, *, recorded: Sequence[MemberState] | None = None
+    ) -> None:
+        """Write ``state`` and the member states (``recorded``, default the array's) to every
+        active or rebuilding member, events + 1.
 
         Crash: members that got the new copy have a higher event counter than those that did
         not; assembly then trusts the higher counter, and the journal covers the data.
@@ -75,26 +78,30 @@ class ArrayMembers:
             events=self.template.events + 1,
             state=state,
             updated_ns=now,
-            member_states=tuple(self.array.states),
+            member_states=tuple(self.array.states if recorded is None else recorded),
         )
         self.template = sb
 
         async def one(i: int, dev: BlockDevice) -> None:
             try:
-                await write_superblock(
-                    dev, sb.with_(member_index=i, member_uuid=self.member_uuids[i])
-                )
-            except OSError as exc:
-                self.array.fail_member(i, f"superblock update failed: {exc}")
+                with trio.fail_after(self.array.io_timeout):
+                    await write_superblock(
+                        dev, sb.with_(member_index=i, member_uuid=self.member_uuids[i])
+                    )
+            except (OSError, trio.TooSlowError) as exc:
+                why = "I/O deadline exceeded" if isinstance(exc, trio.TooSlowError) else exc
+                self.array.fail_member(i, f"superblock update failed: {why}")
 
         async with trio.open_nursery() as nursery:
-            for i, dev in enumerate(self.devices):
-                if dev is not None and self.array.is_active(i):
+            for i, dev in enumerate(self.array.devices):
+                if dev is not None and self.array.is_writable(i):
                     nursery.start_soon(one, i, dev)
 
     async def aclose(self) -> None:
-        for dev in self.devices:
-            if dev is not None:
+        seen: set[int] = set()
+        for dev in [*self.devices, *self.array.devices]:
+            if dev is not None and id(dev) not in seen:
+                seen.add(id(dev))
                 await dev.aclose()
 
 
@@ -264,7 +271,15 @@ async def assemble(
             devices[i] = dev
             member_paths[i] = p
             member_uuids[i] = sb.member_uuid
-            if newest.member_states[i] != MemberState.ACTIVE:
+            if newest.member_states[i] == MemberState.REBUILDING:
+                # A replacement whose rebuild was interrupted: it takes every write, and the
+                # rebuild resumes from the recorded recovery offset.
+                notes.append(
+                    f"member {i} ({p}) is being rebuilt (from member offset "
+                    f"{newest.recovery_offset})"
+                )
+                states[i] = MemberState.REBUILDING
+            elif newest.member_states[i] != MemberState.ACTIVE:
                 # The newest superblock recorded this member's failure: it missed writes.
                 notes.append(
                     f"member {i} ({p}) is stale (events {sb.events}, array at "
