@@ -47,6 +47,7 @@ from pathlib import Path
 
 import trio
 
+from fusenas import logs
 from fusenas.errors import FusenasError
 from fusenas.voldir import LOCK_NAME, LOG_NAME, is_volume_dir
 from fusenas.volume.layout import Level, format_size, parse_size
@@ -80,6 +81,7 @@ class MountOptions:
     subtype: str = "fusenas"
     max_dirty: int = 256 << 20
     io_timeout: float | None = None
+    metrics: tuple[str, int] | None = None
     passed: set[str] = field(default_factory=set)
 
     def fuse_options(self, voldir: Path) -> set[str]:
@@ -126,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
             "  subtype=NAME         type shown as fuse.NAME (fusenas)\n"
             "  max_dirty=SIZE       stripe cache size, e.g. 512M (256M)\n"
             "  io_timeout=SECONDS   a member I/O taking longer fails that member\n"
+            "  metrics=[ADDR:]PORT  serve Prometheus metrics on http://ADDR:PORT/metrics\n"
+            "                       (ADDR defaults to 127.0.0.1; off by default)\n"
             "  nodev,nosuid,noexec,dev,suid,exec,rw,noatime,relatime  passed to the kernel\n"
             "  auto,noauto,user,users,nofail,_netdev,defaults,x-*,comment=*  (fstab) ignored"
         ),
@@ -182,6 +186,13 @@ def parse_options(raw: Sequence[str], *, root: bool) -> MountOptions:
                     raise UsageError(f"bad io_timeout={value}: not a number") from None
                 if not opts.io_timeout > 0:
                     raise UsageError(f"io_timeout={value} must be positive")
+            elif key == "metrics" and eq:
+                from fusenas.metrics import parse_address
+
+                try:
+                    opts.metrics = parse_address(value)
+                except ValueError as exc:
+                    raise UsageError(f"bad metrics={value}: {exc}") from None
             else:
                 raise UsageError(f"unknown mount option '{opt}'")
     return opts
@@ -292,9 +303,7 @@ def main(argv: Sequence[str]) -> int:
         return 1
     level = logging.DEBUG if args.debug else logging.INFO
     if args.foreground:
-        logging.basicConfig(
-            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logs.setup(level, sys.stderr)
         return _run(voldir, mnt, opts, ready_fd=None)
     return _daemonize(voldir, mnt, opts, level, lock_fd)
 
@@ -337,11 +346,7 @@ def _daemonize(voldir: Path, mnt: Path, opts: MountOptions, level: int, lock_fd:
         os.dup2(logf, 2)  # tracebacks and library noise land in the log too
         os.close(null)
         os.close(logf)
-        logging.basicConfig(
-            level=level,
-            stream=sys.stderr,
-            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        )
+        logs.setup(level, sys.stderr, pid=True)
         code = _run(voldir, mnt, opts, ready_fd=w)
     except BaseException:
         log.exception("daemon failed")
@@ -378,27 +383,37 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
 
     from fusenas.filesystem import open_volume
     from fusenas.fs.operations import FusenasOperations
+    from fusenas.metrics import Monitor
+    from fusenas.volume.member import FILES
 
     log.info("opening volume %s", voldir)
+    monitor = Monitor(voldir, mnt)
     async with open_volume(
-        voldir, readonly=opts.readonly, max_dirty=opts.max_dirty, io_timeout=opts.io_timeout
+        voldir,
+        readonly=opts.readonly,
+        max_dirty=opts.max_dirty,
+        io_timeout=opts.io_timeout,
+        provider=monitor.provider(FILES),
     ) as vol:
         for note in vol.notes:
             log.warning("%s", note)
         ops = FusenasOperations(vol)
-        try:
-            pyfuse3.init(ops, str(mnt), opts.fuse_options(voldir))
-        except RuntimeError as exc:
-            raise FusenasError(f"cannot mount on {mnt}: {exc}") from None
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_on_signals)
-                nursery.start_soon(_announce, mnt, state)
-                await pyfuse3.main()
-                nursery.cancel_scope.cancel()
-        finally:
-            log.info("unmounting %s", mnt)
-            pyfuse3.close(unmount=True)
+        monitor.attach(vol, ops.op_stats)
+        with monitor.endpoints(opts.metrics) as control:
+            try:
+                pyfuse3.init(ops, str(mnt), opts.fuse_options(voldir))
+            except RuntimeError as exc:
+                raise FusenasError(f"cannot mount on {mnt}: {exc}") from None
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_on_signals)
+                    nursery.start_soon(_announce, mnt, state)
+                    monitor.start(nursery, control)
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+            finally:
+                log.info("unmounting %s", mnt)
+                pyfuse3.close(unmount=True)
         log.info("flushing and closing the volume")
     log.info("volume %s closed cleanly", voldir)
     return 0

@@ -1,9 +1,13 @@
-"""``fusenas status``: the state of a volume, read from its member superblocks.
+"""``fusenas status``: the state of a volume, live from its daemon or from its superblocks.
 
 The report is a JSON-ready dict (schema in docs/status.md) rendered like ``/proc/mdstat``.
-It opens every member read-only and never writes, so it is safe on a mounted volume too;
-a MOUNTPOINT argument is resolved to its volume directory through ``/proc/mounts``
-(the mount's source is ``fusenas:VOLUME-DIR``).
+A MOUNTPOINT argument is resolved to its volume directory through ``/proc/mounts`` (the
+mount's source is ``fusenas:VOLUME-DIR``). A mounted volume is asked through its control
+socket (``fusenas.control``) for the live report (``"source": "daemon"``: member states as the
+daemon sees them, bytes per member, cache, journal, uptime). Otherwise, or if the daemon cannot
+be asked (not root, daemon hung), the report comes from the superblocks (``"source":
+"superblocks"``, with ``live_error`` saying why when the volume is mounted): every member is
+opened read-only and nothing is written, so that is safe on a mounted volume too.
 """
 
 from __future__ import annotations
@@ -49,6 +53,22 @@ def resolve_volume(target: Path) -> tuple[Path, Path | None]:
 
 async def collect_status(target: Path) -> dict[str, Any]:
     voldir, mountpoint = resolve_volume(target)
+    live_error = None
+    if mountpoint is not None:
+        from fusenas.control import ControlError, request
+
+        try:
+            return await request(voldir, "status")
+        except ControlError as exc:
+            live_error = str(exc)
+    report = await superblock_status(voldir, mountpoint)
+    if live_error:
+        report["live_error"] = live_error
+    return report
+
+
+async def superblock_status(voldir: Path, mountpoint: Path | None) -> dict[str, Any]:
+    """The report from the member superblocks alone."""
     cfg = load_config(voldir)
     members: list[dict[str, Any]] = []
     newest = None
@@ -93,6 +113,7 @@ async def collect_status(target: Path) -> dict[str, Any]:
     active = sum(e["state"] == "active" for e in members)
     return {
         "schema": SCHEMA_VERSION,
+        "source": "superblocks",
         "volume": str(voldir),
         "mountpoint": str(mountpoint) if mountpoint else None,
         "uuid": str(cfg.array_uuid),
@@ -129,7 +150,39 @@ def render_status(r: dict[str, Any]) -> str:
         + (f", mounted on {r['mountpoint']}" if r["mountpoint"] else ""),
         f"      uuid: {r['uuid']}  journal: {r['journal']['path']}",
     ]
+    if r.get("source") == "daemon":
+        lines += _render_live(r)
     for e in r["members"]:
         if "error" in e or "note" in e:
             lines.append(f"      member {e['slot']}: {e.get('error') or e.get('note')}")
+    if r.get("live_error"):
+        lines.append(f"      live state unavailable: {r['live_error']}")
     return "\n".join(lines) + "\n"
+
+
+def _render_live(r: dict[str, Any]) -> list[str]:
+    j, c, io = r["journal"], r["cache"], r["io"]
+    up = int(r["uptime"])
+    lines = [
+        f"      daemon pid {r['pid']}, up {up // 86400}d {up % 86400 // 3600:02d}:"
+        f"{up % 3600 // 60:02d}:{up % 60:02d}, {sum(io['operations'].values())} requests, "
+        f"read {format_size(io['bytes_read'])}, written {format_size(io['bytes_written'])}"
+        + (", read-only" if r["readonly"] else ""),
+        f"      cache: {c['dirty_stripes']} dirty stripes ({format_size(c['dirty_bytes'])}), "
+        f"{c['stripes_flushed']} flushed ({c['blocks_per_flush']:.1f} blocks each; full "
+        f"{c['full_stripe_writes']}, rmw {c['rmw_writes']}, rcw {c['rcw_writes']}, degraded "
+        f"{c['degraded_writes']})",
+        f"      journal: {j['fill']:.1%} full ({format_size(j['used'])} of "
+        f"{format_size(j['capacity'])}), {j['commits']} commits, "
+        f"{j['records_committed'] / j['commits'] if j['commits'] else 0:.1f} records/commit"
+        + (f", {j['waiting_for_room']} waiting for room" if j["waiting_for_room"] else ""),
+    ]
+    for e in r["members"]:
+        lines.append(
+            f"      member {e['slot']} {os.path.basename(e['path'])}: {e['state']}, "
+            f"read {format_size(e['bytes_read'])}, written {format_size(e['bytes_written'])}"
+            + (f", {e['slow_ios']} slow I/Os" if e["slow_ios"] else "")
+        )
+    if r.get("metrics"):
+        lines.append(f"      metrics: {r['metrics']}")
+    return lines

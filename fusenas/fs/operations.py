@@ -67,6 +67,7 @@ from fusenas.filesystem import Volume
 from fusenas.fs.files import FileStore
 from fusenas.meta.model import Inode
 from fusenas.meta.store import ROOT_INO
+from fusenas.metrics import OperationStats
 
 log = logging.getLogger(__name__)
 
@@ -91,24 +92,33 @@ def _log_once(msg: str) -> None:
 def _boundary(
     fn: Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]],
 ) -> Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]]:
-    """The one error boundary: only ``pyfuse3.FUSEError`` leaves a handler."""
+    """The one error boundary: only ``pyfuse3.FUSEError`` leaves a handler. Also the one
+    place every request is counted and timed (``self.op_stats``, read by fusenas.metrics)."""
+    name = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self: _Self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        started = time.perf_counter()
         try:
-            return await fn(self, *args, **kwargs)
-        except pyfuse3.FUSEError:
+            try:
+                result = await fn(self, *args, **kwargs)
+            except pyfuse3.FUSEError:
+                raise
+            except FsError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
+            except NoSpaceError:
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None
+            except (DataLostError, OSError) as e:
+                _log_once(f"{name}: {type(e).__name__}: {e}")
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            except Exception:
+                log.exception("internal error in %s; returning EIO", name)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+        except pyfuse3.FUSEError as e:
+            self.op_stats.observe(name, time.perf_counter() - started, errno=e.errno)
             raise
-        except FsError as e:
-            raise pyfuse3.FUSEError(e.errno) from None
-        except NoSpaceError:
-            raise pyfuse3.FUSEError(errno.ENOSPC) from None
-        except (DataLostError, OSError) as e:
-            _log_once(f"{fn.__name__}: {type(e).__name__}: {e}")
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("internal error in %s; returning EIO", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        self.op_stats.observe(name, time.perf_counter() - started, result)
+        return result
 
     return wrapper  # type: ignore[return-value]  # functools._Wrapped
 
@@ -146,6 +156,8 @@ class FusenasOperations(pyfuse3.Operations):
         #: file handle → inode.
         self._handles: dict[int, int] = {}
         self._next_fh = 1
+        #: Request counts, errors and latencies per operation (see ``_boundary``).
+        self.op_stats = OperationStats()
 
     # -- helpers -------------------------------------------------------------------------
 

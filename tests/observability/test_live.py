@@ -1,0 +1,223 @@
+"""Real mounts: the Prometheus endpoint during a workload, and the control socket."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import stat
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.mount.conftest import Mounter, run_fusenas
+from tests.observability.schema import check_report
+
+pytestmark = pytest.mark.mount
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def status_json(target: Path) -> dict[str, Any]:
+    r = run_fusenas("status", str(target), "--json")
+    assert r.returncode == 0, r.stderr
+    report: dict[str, Any] = json.loads(r.stdout)
+    return report
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def total(samples: Samples, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def labelled(samples: Samples, name: str, label: str) -> dict[str, float]:
+    return {dict(lab)[label]: v for (n, lab), v in samples.items() if n == name}
+
+
+def test_metrics_follow_a_workload(volume: Path, mounter: Mounter) -> None:
+    m = mounter.mount(volume, None, "-o", "metrics=0")
+    report = status_json(m.mnt)
+    url = report["metrics"]
+    assert url and url.startswith("http://127.0.0.1:"), report
+    before = scrape(url)
+
+    # Scrape continuously while the workload runs: every scrape parses, and every counter
+    # only grows from one scrape to the next.
+    scrapes: list[Samples] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def scraper() -> None:
+        try:
+            while not done.is_set():
+                scrapes.append(scrape(url))
+                time.sleep(0.05)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=scraper)
+    t.start()
+    chunk = os.urandom(64 << 10)
+    writes = fsyncs = written = 0
+    path = m.mnt / "data"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for i in range(160):  # 10 MiB in 64 KiB write(2) calls, an fsync every 16
+            written += os.pwrite(fd, chunk, i * len(chunk))
+            writes += 1
+            if i % 16 == 15:
+                os.fsync(fd)
+                fsyncs += 1
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # make the reads reach the daemon
+        read = len(os.pread(fd, 1 << 20, 0))
+    finally:
+        os.close(fd)
+    done.set()
+    t.join(30)
+    assert not errors, errors
+    assert len(scrapes) >= 2
+
+    after = scrape(url)
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    # FUSE requests: no writeback cache, so the kernel never merges two write(2) calls; it may
+    # split one, so the daemon sees at least as many writes as we made.
+    assert delta[("fusenas_fuse_operations_total", (("op", "write"),))] >= writes
+    assert delta[("fusenas_fuse_operations_total", (("op", "fsync"),))] >= fsyncs
+    assert (
+        value(after, "fusenas_logical_written_bytes_total")
+        - value(before, "fusenas_logical_written_bytes_total")
+        >= written
+    )
+    assert read > 0 and value(after, "fusenas_logical_read_bytes_total") > 0
+    # Every fsync followed new writes, so each needed its own group commit.
+    assert (
+        value(after, "fusenas_wal_commits_total") - value(before, "fusenas_wal_commits_total")
+        >= fsyncs
+    )
+    assert value(after, "fusenas_wal_appends_total") > value(before, "fusenas_wal_appends_total")
+    assert value(after, "fusenas_wal_records_committed_total") >= value(
+        after, "fusenas_wal_commits_total"
+    )
+    # The latency histogram counts what the op counter counts (one snapshot per scrape).
+    for op, n in labelled(after, "fusenas_fuse_operations_total", "op").items():
+        assert value(after, "fusenas_fuse_operation_seconds_count", op=op) == n
+        assert value(after, "fusenas_fuse_operation_seconds_bucket", op=op, le="+Inf") == n
+
+    # The stripe cache writes the data in place within its max age: every member gets bytes.
+    deadline = time.monotonic() + 30
+    while True:
+        now = scrape(url)
+        per_member = labelled(now, "fusenas_member_written_bytes_total", "member")
+        if len(per_member) == 4 and all(v > 0 for v in per_member.values()):
+            break
+        assert time.monotonic() < deadline, per_member
+        time.sleep(0.2)
+    assert total(now, "fusenas_member_written_bytes_total") >= written  # data + parity
+    assert total(now, "fusenas_cache_stripe_writes_total") > 0
+    assert value(now, "fusenas_array_degraded") == 0
+    assert value(now, "fusenas_array_active_members") == 4
+    states = {
+        (dict(lab)["member"], dict(lab)["fusenas_member_state"]): v
+        for (n, lab), v in now.items()
+        if n == "fusenas_member_state"
+    }
+    assert all(states[(str(i), "active")] == 1 for i in range(4))
+    assert value(now, "fusenas_trio_tasks") > 0
+    journal = str(volume / "journal")
+    assert value(now, "fusenas_device_written_bytes_total", device=journal) >= written
+
+    # Counters never went down between consecutive scrapes.
+    series = [before, *scrapes, after]
+    for a, b in itertools.pairwise(series):
+        for key, v in a.items():
+            name = key[0]
+            if (name.endswith(("_total", "_count", "_bucket"))) and key in b:
+                assert b[key] >= v, (key, v, b[key])
+    assert mounter.unmount(m) == 0, m.log()
+
+
+def test_metrics_option_refusals(volume: Path, mounter: Mounter) -> None:
+    mnt = mounter.mountpoint()
+    r = run_fusenas(str(volume), str(mnt), "-o", "metrics=notaport")
+    assert r.returncode == 2 and "metrics" in r.stderr
+    assert not os.path.ismount(mnt)
+
+
+def test_metrics_off_by_default(mounted: Any) -> None:
+    report = status_json(mounted.mnt)
+    assert report["metrics"] is None
+
+
+def test_control_socket_and_status_schema(volume: Path, mounter: Mounter) -> None:
+    m = mounter.mount(volume)
+    sock = volume / "control.sock"
+    st = os.stat(sock)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.geteuid()
+
+    (m.mnt / "f").write_bytes(b"x" * 10000)
+    for target in (m.mnt, volume):  # a mount point, or the volume dir of a mounted volume
+        r = status_json(target)
+        check_report(r)
+        assert r["source"] == "daemon"
+        assert r["mountpoint"] == str(m.mnt)
+        assert r["volume"] == str(volume)
+        assert r["member_count"] == 4 and r["active_members"] == 4 and not r["degraded"]
+        assert r["io"]["bytes_written"] >= 10000
+        assert r["pid"] == m.proc.pid
+    text = run_fusenas("status", str(m.mnt))
+    assert text.returncode == 0, text.stderr
+    assert "[UUUU]" in text.stdout and f"daemon pid {m.proc.pid}" in text.stdout
+
+    assert mounter.unmount(m) == 0, m.log()
+    assert not sock.exists()
+    r = status_json(volume)
+    check_report(r)
+    assert r["source"] == "superblocks" and r["mountpoint"] is None
+
+
+def test_background_daemon_logs_structured_lines(volume: Path, mounter: Mounter) -> None:
+    mnt = mounter.mountpoint()
+    r = run_fusenas(str(volume), str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.path.ismount(mnt)
+        assert status_json(mnt)["source"] == "daemon"
+    finally:
+        os.system(f"fusermount3 -u {mnt}")
+    deadline = time.monotonic() + 30
+    log = volume / "fusenas.log"
+    while "closed cleanly" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    lines = [x for x in log.read_text().splitlines() if not x.startswith("  ")]
+    assert lines
+    for line in lines:
+        stamp, level, ev, *rest = line.split(" ")
+        assert stamp.endswith("Z") and "T" in stamp, line
+        assert level in ("debug", "info", "warning", "error", "critical"), line
+        assert ev and "=" not in ev, line
+        assert rest[0].startswith("pid=") and rest[-1].endswith('"'), line
