@@ -365,6 +365,8 @@ class Snapshot:
     threads_waiting: int
     checksum_errors_found: int
     checksum_errors_repaired: int
+    checksum_errors_unrecoverable: int
+    bad_blocks_by_member: dict[int, int]
     progress: dict[str, tuple[int, int]]
 
 
@@ -468,6 +470,7 @@ class Monitor:
         limiter = trio.to_thread.current_default_thread_limiter()
         lim = limiter.statistics()
         paths = [str(p) for p in vol.members.paths]
+        heal = getattr(array, "heal", None)  # Array.heal: the self-heal counters
         devices = [
             DeviceSnapshot(
                 name=s.name,
@@ -518,8 +521,12 @@ class Monitor:
             threads_busy=lim.borrowed_tokens,
             threads_limit=lim.total_tokens,
             threads_waiting=lim.tasks_waiting,
-            checksum_errors_found=INTEGRITY.checksum_errors_found,
-            checksum_errors_repaired=INTEGRITY.checksum_errors_repaired,
+            checksum_errors_found=INTEGRITY.checksum_errors_found
+            + getattr(heal, "checksum_mismatches", 0),
+            checksum_errors_repaired=INTEGRITY.checksum_errors_repaired
+            + getattr(heal, "repaired", 0),
+            checksum_errors_unrecoverable=getattr(heal, "unrecoverable", 0),
+            bad_blocks_by_member=dict(getattr(heal, "bad_by_member", {})),
             progress=dict(INTEGRITY.progress),
         )
 
@@ -675,6 +682,7 @@ def status_report(s: Snapshot) -> dict[str, Any]:
             "bytes_written": s.member_bytes_written[i],
             "in_flight": d.in_flight if d else 0,
             "slow_ios": d.slow if d else 0,
+            "bad_blocks": s.bad_blocks_by_member.get(i, 0),
         }
         members.append(entry)
     active = sum(st == "active" for st in s.member_states)
@@ -754,6 +762,7 @@ def status_report(s: Snapshot) -> dict[str, Any]:
         "integrity": {
             "checksum_errors_found": s.checksum_errors_found,
             "checksum_errors_repaired": s.checksum_errors_repaired,
+            "checksum_errors_unrecoverable": s.checksum_errors_unrecoverable,
             "progress": {
                 kind: {"done": done, "total": total} for kind, (done, total) in s.progress.items()
             },
@@ -1062,9 +1071,22 @@ def families(s: Snapshot) -> list[Any]:
     )
     counter(
         "fusenas_checksum_errors_repaired",
-        "Bad blocks rewritten from redundancy.",
+        "Member copies rewritten with good bytes from redundancy.",
         s.checksum_errors_repaired,
     )
+    counter(
+        "fusenas_checksum_errors_unrecoverable",
+        "Blocks that no combination of members could produce (data lost).",
+        s.checksum_errors_unrecoverable,
+    )
+    bad = CounterMetricFamily(
+        "fusenas_member_bad_blocks",
+        "Blocks found holding bad bytes, by member.",
+        labels=["member"],
+    )
+    for i in range(len(s.member_paths)):
+        bad.add_metric([str(i)], s.bad_blocks_by_member.get(i, 0))
+    out.append(bad)
     prog = GaugeMetricFamily(
         "fusenas_progress_ratio",
         "Progress of a running rebuild or scrub (0..1); 0 when none runs.",

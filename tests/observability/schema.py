@@ -67,6 +67,7 @@ LIVE_MEMBER = {
     "bytes_written": INT,
     "in_flight": INT,
     "slow_ios": INT,
+    "bad_blocks": INT,
 }
 LIVE_SECTIONS: dict[str, dict[str, Any]] = {
     "io": {"bytes_read": INT, "bytes_written": INT, "operations": dict, "errors": INT},
@@ -92,7 +93,12 @@ LIVE_SECTIONS: dict[str, dict[str, Any]] = {
         "hottest": list,
     },
     "tasks": {"living": INT, "runnable": INT},
-    "integrity": {"checksum_errors_found": INT, "checksum_errors_repaired": INT, "progress": dict},
+    "integrity": {
+        "checksum_errors_found": INT,
+        "checksum_errors_repaired": INT,
+        "checksum_errors_unrecoverable": INT,
+        "progress": dict,
+    },
 }
 MEMBER_STATES = {"active", "faulty", "missing", "spare", "rebuilding", "stale", "foreign"}
 
