@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -55,6 +56,10 @@ from fusenas.volume.superblock import DATA_OFFSET, ArrayState, MemberState
 from fusenas.wal.checkpoint import CheckpointRegions
 from fusenas.wal.format import LogPosition, RecordType
 from fusenas.wal.log import WriteAheadLog
+
+if TYPE_CHECKING:
+    from fusenas.volume.faults import FaultSpec
+    from fusenas.volume.rebuild import SpareManager
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,7 @@ class Volume:
     _sb_wake: trio.Event = field(default_factory=trio.Event)
     #: Called (synchronously) after every member failure, once recorded: spares, metrics.
     failure_listeners: list[Callable[[int, str], None]] = field(default_factory=list)
+    spare_manager: SpareManager | None = None
 
     def _on_member_failure(self, member: int, reason: str) -> None:
         """``Array.failure_hooks`` entry: schedule the superblock update; go read-only if the
@@ -255,9 +261,28 @@ async def open_volume(
     io_timeout: float | None = None,
     checkpointer: bool = True,
     provider: DeviceProvider = FILES,
+    inject: str | None = None,
+    spares: bool | None = None,
 ) -> AsyncIterator[Volume]:
-    """Open (recovering if needed), yield, and cleanly close the volume in ``voldir``."""
+    """Open (recovering if needed), yield, and cleanly close the volume in ``voldir``.
+
+    ``inject``: fault specs (``fusenas.volume.faults.parse_inject``) armed on the members, for
+    debugging. ``spares`` (default: same as ``checkpointer``): run the spare manager, which
+    resumes an interrupted rebuild and lets a spare take over a failed member.
+    """
     cfg = load_config(voldir)
+    if inject:
+        from fusenas.volume.faults import FaultyProvider, parse_inject
+
+        specs = parse_inject(inject)
+        paths = cfg.member_paths(voldir)
+        faults: dict[Path, list[FaultSpec]] = {}
+        for spec in specs:
+            if spec.member >= len(paths):
+                raise VolumeError(f"inject: no member {spec.member}")
+            faults.setdefault(paths[spec.member], []).append(spec)
+        provider = FaultyProvider(provider, faults)
+        log.warning("fault injection armed: %s", inject)
     members = await assemble(
         cfg.member_paths(voldir),
         expect_uuid=cfg.array_uuid,
@@ -325,6 +350,11 @@ async def open_volume(
         async with trio.open_nursery() as nursery:
             await nursery.start(vol.run_superblock_updater)
             await nursery.start(vol.run_cache)
+            if spares if spares is not None else checkpointer:
+                from fusenas.volume.rebuild import SpareManager
+
+                vol.spare_manager = SpareManager(vol, provider)
+                await nursery.start(vol.spare_manager.run)
             if checkpointer:
                 await nursery.start(vol.run_checkpointer)
             try:

@@ -1,0 +1,387 @@
+"""Rebuild a member from the others, with a pool of work-stealing workers; replace; spares.
+
+Design note
+===========
+
+Units: stripes (rows) for the work split; the superblock's ``recovery_offset`` is a member
+byte offset relative to the data area (``stripe * chunk``). ``RECOVERY_COMPLETE`` means "no
+rebuild in progress".
+
+Work stealing
+    The stripe range ``[start, stripes)`` is cut into one contiguous range per worker. A worker
+    rebuilds its range from the bottom up (``Array.rebuild_stripe``, which holds the row lock,
+    so a foreground write of the row lands either before the row is read or after the rebuilt
+    chunk is written — never overwritten by stale reconstructed bytes). A worker that runs dry
+    steals the upper half of the unstarted part of the largest remaining range. All of this
+    runs on one trio thread: between awaits nothing else touches the ranges, so no lock.
+
+Progress and resume
+    The *done prefix* is the lowest unfinished stripe of any range. Every
+    ``CHECKPOINT_BYTES`` of progress the prefix is written to the superblocks as
+    ``recovery_offset`` (the member's state stays ``REBUILDING``); an interrupted rebuild (crash,
+    unmount) resumes from there on the next open. The new member receives every foreground
+    write from the moment it is attached, so stripes below the prefix stay correct.
+
+    Limitation: reconstruction trusts the surviving members; a block that rotted on a survivor
+    is rebuilt wrong onto the new member (the block checksums still catch it on read).
+
+Spares
+    ``VOLUME-DIR/spares`` lists spare paths, one a line (``add_spare`` writes it). A spare holds
+    a superblock of this array with ``member_index = SPARE_INDEX``. When a member fails in a
+    read-write open volume, ``SpareManager`` attaches the first spare in its slot, records the
+    change (superblocks: ``REBUILDING``, recovery offset 0; ``fusenas.toml``: the new member
+    path; ``spares``: one fewer) and rebuilds online.
+
+Cancellation: cancelling a rebuild leaves the member ``REBUILDING`` with the last recorded
+prefix; nothing else to undo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from fusenas.errors import VolumeError
+from fusenas.filesystem import Volume
+from fusenas.voldir import save_config
+from fusenas.volume.device import BlockDevice, DeviceProvider
+from fusenas.volume.member import FILES
+from fusenas.volume.superblock import (
+    RECOVERY_COMPLETE,
+    SPARE_INDEX,
+    MemberState,
+    read_superblock,
+    write_superblock,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 4
+#: Progress between two recovery-offset checkpoints in the superblocks, member bytes.
+CHECKPOINT_BYTES = 64 << 20
+SPARES_NAME = "spares"
+
+Progress = Callable[[int, int], None]  # (stripes done, stripes total)
+
+
+@dataclass
+class _Range:
+    lo: int  # first unfinished stripe
+    hi: int  # end (exclusive)
+    busy: bool = False
+
+
+@dataclass
+class RebuildStats:
+    stripes: int
+    bytes: int
+    seconds: float
+    steals: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
+
+
+async def rebuild_member(
+    vol: Volume,
+    member: int,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    progress: Progress | None = None,
+    checkpoint_bytes: int = CHECKPOINT_BYTES,
+) -> RebuildStats:
+    """Rebuild ``member`` (state ``REBUILDING``) from the recorded recovery offset, then mark
+    it active in the superblocks. ``DataLostError`` if a row cannot be reconstructed;
+    ``VolumeError`` if the member fails during the rebuild."""
+    members = vol.members
+    array = members.array
+    g = array.geometry
+    if array.states[member] != MemberState.REBUILDING:
+        raise VolumeError(f"member {member} is not being rebuilt")
+    recorded = members.template.recovery_offset
+    start = 0 if recorded == RECOVERY_COMPLETE else min(recorded // g.chunk, g.stripes)
+    total = g.stripes
+    n = max(1, min(workers, total - start))
+    step = -(-(total - start) // n) if total > start else 0
+    ranges = [_Range(start + i * step, min(total, start + (i + 1) * step)) for i in range(n)]
+    done = start
+    steals = 0
+    last_mark = start
+    t0 = time.monotonic()
+
+    def prefix() -> int:
+        open_ = [r.lo for r in ranges if r.lo < r.hi]
+        return min(open_) if open_ else total
+
+    async def mark(stripe: int) -> None:
+        async with vol._sb_lock:
+            members.template = members.template.with_(recovery_offset=stripe * g.chunk)
+            await members.commit_superblocks(members.template.state)
+
+    def steal() -> _Range | None:
+        nonlocal steals
+        best, avail = None, 1
+        for r in ranges:
+            free_lo = r.lo + (1 if r.busy else 0)
+            if r.hi - free_lo > avail:
+                best, avail = r, r.hi - free_lo
+        if best is None:
+            return None
+        free_lo = best.lo + (1 if best.busy else 0)
+        mid = free_lo + (best.hi - free_lo) // 2
+        stolen = _Range(mid, best.hi)
+        best.hi = mid
+        ranges.append(stolen)
+        steals += 1
+        return stolen
+
+    async def worker(r: _Range | None) -> None:
+        nonlocal done, last_mark
+        while r is not None:
+            while r.lo < r.hi:
+                if not array.is_writable(member):
+                    raise VolumeError(f"member {member} failed during the rebuild")
+                r.busy = True
+                await array.rebuild_stripe(r.lo, member)
+                r.busy = False
+                r.lo += 1
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                p = prefix()
+                if (p - last_mark) * g.chunk >= checkpoint_bytes:
+                    last_mark = p
+                    await mark(p)
+            r = steal()
+
+    async with trio.open_nursery() as nursery:
+        for r in list(ranges):
+            nursery.start_soon(worker, r)
+    await array.flush()
+    if not array.is_writable(member):
+        raise VolumeError(f"member {member} failed during the rebuild")
+    array.states[member] = MemberState.ACTIVE
+    async with vol._sb_lock:
+        members.template = members.template.with_(recovery_offset=RECOVERY_COMPLETE)
+        await members.commit_superblocks(members.template.state)
+    secs = time.monotonic() - t0
+    stats = RebuildStats(total - start, (total - start) * g.chunk, secs, steals)
+    log.info(
+        "member %d rebuilt: %d stripes, %.1f MB/s, %d steals",
+        member,
+        stats.stripes,
+        stats.mb_per_s,
+        steals,
+    )
+    return stats
+
+
+def member_size(vol: Volume) -> int:
+    g = vol.members.array.geometry
+    return array_data_offset(vol) + g.member_data_size
+
+
+def array_data_offset(vol: Volume) -> int:
+    return vol.members.array.data_offset
+
+
+async def _open_new(provider: DeviceProvider, path: Path, size: int) -> BlockDevice:
+    if not path.exists() and provider is FILES:
+        await provider.create(path, size)
+    elif provider is not FILES:
+        with contextlib.suppress(VolumeError):
+            await provider.create(path, size)
+    dev = await provider.open(path)
+    if dev.size < size:
+        await dev.aclose()
+        raise VolumeError(f"{path} is {dev.size} bytes, smaller than a member ({size})")
+    return dev
+
+
+async def attach_replacement(vol: Volume, member: int, dev: BlockDevice, path: Path) -> None:
+    """Put ``dev`` in slot ``member`` as ``REBUILDING`` (recovery offset 0), record it in the
+    superblocks and in ``fusenas.toml``; the device it replaces is closed."""
+    members = vol.members
+    array = members.array
+    old = array.devices[member]
+    array.attach(member, dev, MemberState.REBUILDING)
+    members.devices[member] = dev
+    members.paths[member] = path
+    members.member_uuids[member] = uuid.uuid4()
+    async with vol._sb_lock:
+        members.template = members.template.with_(recovery_offset=0)
+        await members.commit_superblocks(members.template.state)
+    cfg = vol.config
+    names = list(cfg.members)
+    names[member] = _relative(path, vol.voldir)
+    vol.config = dataclasses.replace(cfg, members=tuple(names))
+    await trio.to_thread.run_sync(save_config, vol.voldir, vol.config)
+    if old is not None and old is not dev:
+        await old.aclose()
+    log.warning("member %d replaced by %s; rebuilding", member, path)
+
+
+def resolve_member(vol: Volume, old: str) -> int:
+    """A member index from ``OLD``: an index or a member path (as in ``fusenas.toml``)."""
+    n = vol.members.array.geometry.members
+    if old.isdigit() and int(old) < n:
+        return int(old)
+    want = Path(old).absolute()
+    for i, p in enumerate(vol.config.member_paths(vol.voldir)):
+        if p.absolute() == want or Path(vol.config.members[i]) == Path(old):
+            return i
+    raise VolumeError(f"{old} is not a member of {vol.voldir} (give its index or path)")
+
+
+async def replace(
+    vol: Volume,
+    old: str,
+    new: Path,
+    *,
+    provider: DeviceProvider = FILES,
+    workers: int = DEFAULT_WORKERS,
+    progress: Progress | None = None,
+) -> RebuildStats:
+    """``fusenas replace``: put ``new`` (created sparse if absent) in the slot of ``old``
+    and rebuild it. The other members must carry the data: refused if that leaves too few."""
+    member = resolve_member(vol, old)
+    array = vol.members.array
+    others_down = [i for i in array.failed_members if i != member]
+    if array.geometry.level == 0 or not _usable_without(array, member):
+        raise VolumeError(f"cannot rebuild member {member}: members {others_down} are down as well")
+    new = new.absolute()
+    if new in [p.absolute() for p in vol.config.member_paths(vol.voldir)]:
+        raise VolumeError(f"{new} is already a member")
+    dev = await _open_new(provider, new, member_size(vol))
+    await attach_replacement(vol, member, dev, new)
+    return await rebuild_member(vol, member, workers=workers, progress=progress)
+
+
+def _usable_without(array: object, member: int) -> bool:
+    from fusenas.volume.array import Array
+
+    assert isinstance(array, Array)
+    saved = array.states[member]
+    array.states[member] = MemberState.FAULTY
+    try:
+        return array.usable
+    finally:
+        array.states[member] = saved
+
+
+def _relative(p: Path, base: Path) -> str:
+    try:
+        return str(p.relative_to(base))
+    except ValueError:
+        return str(p)
+
+
+# -- spares -------------------------------------------------------------------------------
+
+
+def spares_path(voldir: Path) -> Path:
+    return voldir / SPARES_NAME
+
+
+def load_spares(voldir: Path) -> list[Path]:
+    try:
+        text = spares_path(voldir).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [voldir / line.strip() for line in text.splitlines() if line.strip()]
+
+
+def save_spares(voldir: Path, spares: list[Path]) -> None:
+    tmp = spares_path(voldir).with_suffix(".tmp")
+    tmp.write_text("".join(_relative(p, voldir) + "\n" for p in spares), encoding="utf-8")
+    tmp.replace(spares_path(voldir))
+
+
+async def add_spare(vol: Volume, path: Path, *, provider: DeviceProvider = FILES) -> None:
+    """``fusenas add-spare``: write a spare superblock on ``path`` (created sparse if absent)
+    and list it in ``VOLUME-DIR/spares``."""
+    path = path.absolute()
+    if path in load_spares(vol.voldir) or path in [
+        p.absolute() for p in vol.config.member_paths(vol.voldir)
+    ]:
+        raise VolumeError(f"{path} is already part of {vol.voldir}")
+    dev = await _open_new(provider, path, member_size(vol))
+    try:
+        sb = vol.members.template.with_(member_index=SPARE_INDEX, member_uuid=uuid.uuid4())
+        await write_superblock(dev, sb)
+    finally:
+        await dev.aclose()
+    save_spares(vol.voldir, [*load_spares(vol.voldir), path])
+
+
+class SpareManager:
+    """Online takeover: on a member failure, attach a spare and rebuild it (see module doc).
+
+    ``start(nursery)`` must be called once the volume runs; failures before that are picked
+    up at start. One rebuild at a time; further failures wait for it.
+    """
+
+    def __init__(self, vol: Volume, provider: DeviceProvider = FILES) -> None:
+        self.vol = vol
+        self.provider = provider
+        self.rebuilding: int | None = None
+        self.progress: tuple[int, int] = (0, 0)
+        self._wake = trio.Event()
+        vol.failure_listeners.append(lambda member, reason: self._wake.set())
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._step()
+            await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _step(self) -> None:
+        vol = self.vol
+        array = vol.members.array
+        for i, state in enumerate(array.states):
+            if state == MemberState.REBUILDING:
+                await self._rebuild(i)
+        while not vol.readonly:
+            failed = [i for i, s in enumerate(array.states) if s == MemberState.FAULTY]
+            failed += [i for i, s in enumerate(array.states) if s == MemberState.MISSING]
+            spares = load_spares(vol.voldir)
+            if not failed or not spares:
+                return
+            member, spare = failed[0], spares[0]
+            try:
+                dev = await self.provider.open(spare)
+                sb, _ = await read_superblock(dev)
+                if sb.array_uuid != vol.members.array_uuid or not sb.is_spare:
+                    await dev.aclose()
+                    raise VolumeError(f"{spare} is not a spare of this array")
+            except VolumeError as exc:
+                log.error("spare %s unusable: %s", spare, exc)
+                save_spares(vol.voldir, spares[1:])
+                continue
+            save_spares(vol.voldir, spares[1:])
+            log.warning("member %d failed: spare %s takes over", member, spare)
+            await attach_replacement(vol, member, dev, spare)
+            await self._rebuild(member)
+
+    async def _rebuild(self, member: int) -> None:
+        self.rebuilding = member
+
+        def progress(done: int, total: int) -> None:
+            self.progress = (done, total)
+
+        try:
+            await rebuild_member(self.vol, member, progress=progress)
+        except VolumeError as exc:
+            log.error("rebuild of member %d stopped: %s", member, exc)
+        finally:
+            self.rebuilding = None
