@@ -1,7 +1,7 @@
 # Targets assume scripts/setup.sh has run (the README's commands do that for you).
 PY := .venv/bin/python
 
-.PHONY: install test check lint bench bench-parity bench-wal
+.PHONY: install test check lint bench bench-quick bench-parity bench-wal
 
 install:
 	scripts/setup.sh
@@ -23,4 +23,10 @@ bench-parity:
 bench-wal:
 	$(PY) scripts/bench_wal.py
 
-bench: bench-parity bench-wal
+## bench: fusenas (RAID0/1/5/6) vs the raw directory vs a Python passthrough (fio); writes
+## docs/benchmarks.md. Takes ~15 minutes; bench-quick is a ~2-minute smoke run. Not part of CI.
+bench:
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+bench-quick:
+	$(PY) scripts/bench.py --quick $(BENCH_ARGS)
