@@ -18,7 +18,7 @@ import trio
 from fusenas.errors import FusenasError
 from fusenas.volume.layout import Level, parse_level, parse_size
 
-SUBCOMMANDS = ("mkfs", "status", "fsck")
+SUBCOMMANDS = ("mkfs", "status", "fsck", "scrub", "replace", "add-spare")
 
 
 def _size(text: str) -> int:
@@ -83,6 +83,37 @@ def build_parser() -> argparse.ArgumentParser:
     fs = sub.add_parser("fsck", help="check a volume's filesystem", description="Check a volume.")
     fs.add_argument("voldir", type=Path, metavar="VOLUME-DIR")
     fs.add_argument("--repair", action="store_true", help="repair what can be repaired")
+
+    sc = sub.add_parser(
+        "scrub",
+        help="verify checksums and parity of every stripe, repair",
+        description="Read every stripe of an unmounted volume, verify block checksums and "
+        "parity (or mirror copies), repair from redundancy. Exit 1 if anything is lost.",
+    )
+    sc.add_argument("voldir", type=Path, metavar="VOLUME-DIR")
+    sc.add_argument("--rate", type=_size, default=None, help="limit reads to SIZE per second")
+    sc.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    rp = sub.add_parser(
+        "replace",
+        help="replace a member and rebuild it",
+        description="Put NEW (created sparse if absent) in the slot of member OLD (an index "
+        "or its path) of an unmounted volume and rebuild it from the others.",
+    )
+    rp.add_argument("voldir", type=Path, metavar="VOLUME-DIR")
+    rp.add_argument("old", metavar="OLD")
+    rp.add_argument("new", type=Path, metavar="NEW")
+    rp.add_argument("--workers", type=int, default=4, help="rebuild workers (4)")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = sub.add_parser(
+        "add-spare",
+        help="add a hot spare",
+        description="Make PATH (created sparse if absent) a hot spare of an unmounted volume: "
+        "it takes over the first member that fails while the volume is mounted.",
+    )
+    sp.add_argument("voldir", type=Path, metavar="VOLUME-DIR")
+    sp.add_argument("path", type=Path, metavar="PATH")
     return p
 
 
@@ -104,6 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_status, args)
         if args.command == "fsck":
             return trio.run(_fsck, args)
+        if args.command == "scrub":
+            from fusenas.scrub import run_scrub
+
+            return trio.run(
+                lambda: run_scrub(args.voldir.absolute(), rate=args.rate, quiet=args.quiet)
+            )
+        if args.command in ("replace", "add-spare"):
+            from fusenas.volume.rebuild import run_offline
+
+            return trio.run(run_offline, args)
     except FusenasError as exc:
         print(f"fusenas {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -385,3 +385,59 @@ class SpareManager:
             log.error("rebuild of member %d stopped: %s", member, exc)
         finally:
             self.rebuilding = None
+
+
+async def run_offline(args: object) -> int:
+    """``fusenas replace`` / ``fusenas add-spare`` on an unmounted volume (see cli.py)."""
+    import os
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TimeRemainingColumn
+
+    from fusenas.filesystem import open_volume
+    from fusenas.fsck import lock_volume
+
+    voldir = Path(getattr(args, "voldir")).absolute()  # noqa: B009
+    command = getattr(args, "command")  # noqa: B009
+    fd = lock_volume(voldir)
+    console = Console(stderr=True)
+    try:
+        async with open_volume(voldir, checkpointer=False, spares=False) as vol:
+            for note in vol.notes:
+                print(f"fusenas {command}: {note}")
+            if command == "add-spare":
+                path = Path(getattr(args, "path")).absolute()  # noqa: B009
+                await add_spare(vol, path)
+                print(f"fusenas add-spare: {path} is a spare of {voldir}")
+                return 0
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                "[progress.percentage]{task.percentage:>3.0f}%",
+                TimeRemainingColumn(),
+                console=console,
+                disable=getattr(args, "quiet") or not console.is_terminal,  # noqa: B009
+            ) as bar:
+                task = bar.add_task("rebuild", total=None)
+
+                def progress(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                stats = await replace(
+                    vol,
+                    str(getattr(args, "old")),  # noqa: B009
+                    Path(getattr(args, "new")),  # noqa: B009
+                    workers=getattr(args, "workers"),  # noqa: B009
+                    progress=progress,
+                )
+            print(
+                f"fusenas replace: rebuilt {stats.bytes} bytes per member in "
+                f"{stats.seconds:.1f} s ({stats.mb_per_s:.1f} MB/s, {stats.steals} steals)"
+            )
+            return 0
+    except VolumeError as exc:
+        print(f"fusenas {command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.close(fd)
