@@ -100,7 +100,14 @@ class MountOptions:
         return opts
 
 
+#: Environment variable that overrides the default volume directory (tests, packagers).
+DEFAULT_VOLUME_ENV = "FUSENAS_DEFAULT_VOLUME"
+
+
 def default_volume_dir() -> Path:
+    override = os.environ.get(DEFAULT_VOLUME_ENV)
+    if override:
+        return Path(override).absolute()
     if os.geteuid() == 0:
         return Path("/var/lib/fusenas/default")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -115,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Mount a fusenas volume. Without VOLUME-DIR the default volume "
             f"({default_volume_dir()}) is used, and created on first use (RAID5 over 4 "
-            "sparse member files)."
+            f"sparse member files); the environment variable {DEFAULT_VOLUME_ENV} overrides "
+            "its directory."
         ),
         epilog=(
             "mount options (-o, comma separated, may repeat):\n"
@@ -362,17 +370,27 @@ def _report(ready_fd: int | None, msg: str) -> None:
         os.close(ready_fd)
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
 def _run(voldir: Path, mnt: Path, opts: MountOptions, *, ready_fd: int | None) -> int:
     state = {"ready": ready_fd}
     try:
         return trio.run(_serve, voldir, mnt, opts, state)
-    except FusenasError as exc:
-        log.error("%s", exc)
-        _report(state["ready"], str(exc))
-        return 1
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
+        # trio wraps what leaves a nursery (open_volume's) in exception groups: a group of
+        # FusenasErrors only is still the one-line message the user must see.
+        errors = _leaves(exc)
+        if all(isinstance(e, FusenasError) for e in errors):
+            msg = "; ".join(dict.fromkeys(str(e) for e in errors))
+            log.error("%s", msg)
+            _report(state["ready"], msg)
+            return 1
         log.exception("fusenas daemon failed")
         _report(state["ready"], f"{type(exc).__name__}: {exc}")
         return 1
