@@ -20,7 +20,12 @@ from fusenas.errors import VolumeError
 from fusenas.voldir import is_volume_dir, load_config
 from fusenas.volume.layout import format_size
 from fusenas.volume.member import FileDevice
-from fusenas.volume.superblock import MemberState, SuperblockError, read_superblock
+from fusenas.volume.superblock import (
+    RECOVERY_COMPLETE,
+    MemberState,
+    SuperblockError,
+    read_superblock,
+)
 
 SCHEMA_VERSION = 1
 
@@ -110,6 +115,10 @@ async def superblock_status(voldir: Path, mountpoint: Path | None) -> dict[str, 
             entry["state"] = "stale"
         elif recorded != MemberState.ACTIVE:
             entry["state"] = recorded.name.lower()
+        if recorded == MemberState.REBUILDING:
+            done = 0 if newest.recovery_offset == RECOVERY_COMPLETE else newest.recovery_offset
+            entry["recovery"] = min(1.0, done / newest.member_data_size)
+    spares = [str(p) for p in _spares(voldir)]
     active = sum(e["state"] == "active" for e in members)
     return {
         "schema": SCHEMA_VERSION,
@@ -128,7 +137,14 @@ async def superblock_status(voldir: Path, mountpoint: Path | None) -> dict[str, 
         "events": newest.events,
         "journal": {"path": str(cfg.journal_path(voldir)), "size": cfg.journal_size},
         "members": members,
+        "spares": spares,
     }
+
+
+def _spares(voldir: Path) -> list[Path]:
+    from fusenas.volume.rebuild import load_spares
+
+    return load_spares(voldir)
 
 
 def render_status(r: dict[str, Any]) -> str:
@@ -152,6 +168,16 @@ def render_status(r: dict[str, Any]) -> str:
     ]
     if r.get("source") == "daemon":
         lines += _render_live(r)
+    for e in r["members"]:
+        if "recovery" in e:
+            pct = 100 * e["recovery"]
+            filled = int(pct // 5)
+            lines.append(
+                f"      rebuild of member {e['slot']}: [{'=' * filled}>{'.' * (20 - filled)}] "
+                f"{pct:.1f}% (recorded progress)"
+            )
+    if r.get("spares"):
+        lines.append("      spares: " + " ".join(f"{os.path.basename(p)}(S)" for p in r["spares"]))
     for e in r["members"]:
         if "error" in e or "note" in e:
             lines.append(f"      member {e['slot']}: {e.get('error') or e.get('note')}")

@@ -127,3 +127,27 @@ def test_add_spare(tmp_path: Path) -> None:
     again = run("add-spare", str(voldir), str(voldir / "spare.img"))
     assert again.returncode == 1
     assert Level.RAID1  # the spare is picked up by the mounted daemon: tests/faults/test_mount
+
+
+def test_status_shows_rebuilding_and_spares(tmp_path: Path) -> None:
+    from fusenas.volume import rebuild as rb
+
+    voldir = make(tmp_path)
+
+    async def start_replace() -> None:
+        async with open_volume(voldir, checkpointer=False, spares=False) as vol:
+            new = voldir / "new-3.img"
+            dev = await rb._open_new(rb.FILES, new, rb.member_size(vol))
+            await rb.attach_replacement(vol, 3, dev, new)  # interrupted before any stripe
+            await rb.add_spare(vol, voldir / "spare.img")
+
+    trio.run(start_replace)
+    r = run("status", str(voldir))
+    assert r.returncode == 0, r.stderr
+    assert "new-3.img[3](R)" in r.stdout
+    assert "rebuild of member 3: [>" in r.stdout and "0.0%" in r.stdout
+    assert "spares: spare.img(S)" in r.stdout
+    # The next read-write open resumes the rebuild (the spare manager runs with it).
+    r = run("replace", str(voldir), "3", str(voldir / "new-3b.img"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "(R)" not in run("status", str(voldir)).stdout
