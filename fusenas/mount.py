@@ -81,6 +81,7 @@ class MountOptions:
     subtype: str = "fusenas"
     max_dirty: int = 256 << 20
     io_timeout: float | None = None
+    inject: str | None = None  # debug: fault specs, see fusenas.volume.faults
     metrics: tuple[str, int] | None = None
     passed: set[str] = field(default_factory=set)
 
@@ -136,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
             "  subtype=NAME         type shown as fuse.NAME (fusenas)\n"
             "  max_dirty=SIZE       stripe cache size, e.g. 512M (256M)\n"
             "  io_timeout=SECONDS   a member I/O taking longer fails that member\n"
+            "  inject=SPEC[+SPEC]   debug: inject member faults, SPEC = member:N:KIND[:ARG],\n"
+            "                       KIND fail|fail_after|hang_after|slow|corrupt_read|"
+            "corrupt_write\n"
             "  metrics=[ADDR:]PORT  serve Prometheus metrics on http://ADDR:PORT/metrics\n"
             "                       (ADDR defaults to 127.0.0.1; off by default)\n"
             "  nodev,nosuid,noexec,dev,suid,exec,rw,noatime,relatime  passed to the kernel\n"
@@ -187,6 +191,14 @@ def parse_options(raw: Sequence[str], *, root: bool) -> MountOptions:
                     raise UsageError(f"bad max_dirty={value}: {exc}") from None
                 if opts.max_dirty < 1 << 20:
                     raise UsageError(f"max_dirty={value} is below 1M")
+            elif key == "inject" and eq:
+                from fusenas.volume.faults import parse_inject
+
+                try:
+                    parse_inject(value)
+                except ValueError as exc:
+                    raise UsageError(f"bad inject={value}: {exc}") from None
+                opts.inject = value
             elif key == "io_timeout" and eq:
                 try:
                     opts.io_timeout = float(value)
@@ -411,6 +423,7 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
         readonly=opts.readonly,
         max_dirty=opts.max_dirty,
         io_timeout=opts.io_timeout,
+        inject=opts.inject,
         provider=monitor.provider(FILES),
     ) as vol:
         for note in vol.notes:

@@ -192,7 +192,11 @@ async def run_scrub(voldir: Path, *, rate: float | None = None, quiet: bool = Fa
                 def progress(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                report = await scrub_volume(vol, rate=rate, progress=progress)
+                try:
+                    report = await scrub_volume(vol, rate=rate, progress=progress)
+                except FusenasError as exc:  # inside the volume's nursery: report it here
+                    print(f"fusenas scrub: {exc}", file=sys.stderr)
+                    return 1
     except FusenasError as exc:
         print(f"fusenas scrub: {exc}", file=sys.stderr)
         return 1

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from rich.console import Console
 
 from fusenas.errors import VolumeError
 from fusenas.filesystem import Volume
@@ -259,8 +260,11 @@ async def replace(
     if array.geometry.level == 0 or not _usable_without(array, member):
         raise VolumeError(f"cannot rebuild member {member}: members {others_down} are down as well")
     new = new.absolute()
-    if new in [p.absolute() for p in vol.config.member_paths(vol.voldir)]:
+    current = [p.absolute() for p in vol.config.member_paths(vol.voldir)]
+    if new in current and (current.index(new) != member or array.is_active(member)):
         raise VolumeError(f"{new} is already a member")
+    if new in current and new.exists() and provider is FILES:
+        raise VolumeError(f"{new} still exists; remove it first or give another path")
     dev = await _open_new(provider, new, member_size(vol))
     await attach_replacement(vol, member, dev, new)
     return await rebuild_member(vol, member, workers=workers, progress=progress)
@@ -392,9 +396,6 @@ async def run_offline(args: object) -> int:
     import os
     import sys
 
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TimeRemainingColumn
-
     from fusenas.filesystem import open_volume
     from fusenas.fsck import lock_volume
 
@@ -406,38 +407,49 @@ async def run_offline(args: object) -> int:
         async with open_volume(voldir, checkpointer=False, spares=False) as vol:
             for note in vol.notes:
                 print(f"fusenas {command}: {note}")
-            if command == "add-spare":
-                path = Path(getattr(args, "path")).absolute()  # noqa: B009
-                await add_spare(vol, path)
-                print(f"fusenas add-spare: {path} is a spare of {voldir}")
-                return 0
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                "[progress.percentage]{task.percentage:>3.0f}%",
-                TimeRemainingColumn(),
-                console=console,
-                disable=getattr(args, "quiet") or not console.is_terminal,  # noqa: B009
-            ) as bar:
-                task = bar.add_task("rebuild", total=None)
-
-                def progress(done: int, total: int) -> None:
-                    bar.update(task, completed=done, total=total)
-
-                stats = await replace(
-                    vol,
-                    str(getattr(args, "old")),  # noqa: B009
-                    Path(getattr(args, "new")),  # noqa: B009
-                    workers=getattr(args, "workers"),  # noqa: B009
-                    progress=progress,
-                )
-            print(
-                f"fusenas replace: rebuilt {stats.bytes} bytes per member in "
-                f"{stats.seconds:.1f} s ({stats.mb_per_s:.1f} MB/s, {stats.steals} steals)"
-            )
-            return 0
+            try:
+                return await _offline_body(vol, args, command, console)
+            except VolumeError as exc:  # inside the volume's nursery: report it here
+                print(f"fusenas {command}: {exc}", file=sys.stderr)
+                return 1
     except VolumeError as exc:
         print(f"fusenas {command}: {exc}", file=sys.stderr)
         return 1
     finally:
         os.close(fd)
+
+
+async def _offline_body(vol: Volume, args: object, command: str, console: Console) -> int:
+    from rich.progress import BarColumn, Progress, TimeRemainingColumn
+
+    voldir = vol.voldir
+    if command == "add-spare":
+        path = Path(getattr(args, "path")).absolute()  # noqa: B009
+        await add_spare(vol, path)
+        print(f"fusenas add-spare: {path} is a spare of {voldir}")
+        return 0
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        "[progress.percentage]{task.percentage:>3.0f}%",
+        TimeRemainingColumn(),
+        console=console,
+        disable=getattr(args, "quiet") or not console.is_terminal,  # noqa: B009
+    ) as bar:
+        task = bar.add_task("rebuild", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        stats = await replace(
+            vol,
+            str(getattr(args, "old")),  # noqa: B009
+            Path(getattr(args, "new")),  # noqa: B009
+            workers=getattr(args, "workers"),  # noqa: B009
+            progress=progress,
+        )
+    print(
+        f"fusenas replace: rebuilt {stats.bytes} bytes per member in "
+        f"{stats.seconds:.1f} s ({stats.mb_per_s:.1f} MB/s, {stats.steals} steals)"
+    )
+    return 0

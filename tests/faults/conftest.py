@@ -1,0 +1,3 @@
+"""Real-mount fixtures are shared with tests/mount."""
+
+from tests.mount.conftest import mounter  # noqa: F401
