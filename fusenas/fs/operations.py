@@ -200,6 +200,12 @@ class FusenasOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            # Export support (open_by_handle_at, NFS): a handle is (nodeid, generation); once
+            # the kernel has evicted the inode it sends LOOKUP(nodeid, ".") whatever the
+            # inode's type, so "." must resolve for files and symlinks too, not only
+            # directories. An inode that no longer exists answers ENOENT (the kernel: ESTALE).
+            return self._ref(self.meta.get(parent_inode))
         return self._ref(self.meta.lookup(parent_inode, name))
 
     @_boundary
