@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 apt_packages=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-dev python3-venv
-              fio rsync sqlite3 git attr util-linux procps psmisc kmod)
+              fio rsync sqlite3 git attr util-linux procps psmisc kmod
+              nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils)
 
 missing=()
 for p in "${apt_packages[@]}"; do
