@@ -7,6 +7,7 @@ Run with ``-s`` to see the copy timings of ``test_copy_timing``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -219,10 +220,8 @@ def test_handles_survive_remount_and_server_restart(nfs: NfsServer) -> None:
         assert opened["/keep/f2"].pread(0, 10) == files["/keep/f2"][:10]
     finally:
         for f in opened.values():
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
 
 
 def test_nfs_and_local_writers_at_once(nfs: NfsServer) -> None:
