@@ -461,9 +461,17 @@ async def _on_signals() -> None:
 
 
 async def _announce(mnt: Path, state: dict[str, int | None]) -> None:
-    """Tell the parent the mount answers: a stat through the running main loop."""
-    await trio.to_thread.run_sync(os.stat, mnt, abandon_on_cancel=True)
-    if not os.path.ismount(mnt):
+    """Tell the parent the mount answers: a stat through the running main loop.
+
+    Both calls run in a worker thread: ``ismount`` lstat()s the mount point, and once the
+    root's attributes expire that is a GETATTR to this very process, which the main thread
+    could never answer while blocked in it."""
+
+    def answers() -> bool:
+        os.stat(mnt)
+        return os.path.ismount(mnt)
+
+    if not await trio.to_thread.run_sync(answers, abandon_on_cancel=True):
         msg = f"{mnt} did not become a mount point"
         log.error("%s", msg)
         _report(state["ready"], msg)
