@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,15 @@ def write_file(path: Path, data: bytes) -> None:
 
 def free_blocks(mnt: Path) -> int:
     return os.statvfs(mnt).f_bavail
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    """An unlinked inode is reclaimed when the kernel sends FORGET for it, which FUSE does
+    asynchronously after unlink(2) returns (ext4 frees at once): poll briefly."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} after {timeout} s"
+        time.sleep(0.05)
 
 
 def test_write_until_enospc(tmp_path: Path, mounter: Mounter) -> None:
@@ -125,7 +136,8 @@ def test_write_until_enospc(tmp_path: Path, mounter: Mounter) -> None:
     # Deleting a file frees its blocks at once; a new write then succeeds.
     before = free_blocks(mnt)
     os.unlink(mnt / "keep2")
-    assert free_blocks(mnt) >= before + (2 * MiB + 2468) // 4096
+    freed = (2 * MiB + 2468) // 4096
+    wait_for("keep2's blocks are not free", lambda: free_blocks(mnt) >= before + freed)
     fresh = os.urandom(MiB + 17)
     write_file(mnt / "fresh", fresh)
     assert (mnt / "fresh").read_bytes() == fresh
@@ -168,9 +180,10 @@ def test_enospc_when_inodes_run_out(tmp_path: Path, mounter: Mounter) -> None:
     (mnt / "hard").write_bytes(b"data")  # data blocks are still free
     assert not os.path.exists(mnt / "x")
 
-    # Unlinked inodes come back once the kernel forgets them.
+    # Unlinked inodes come back (once the kernel forgets them).
     for i in range(1, 11):
         os.unlink(d / str(i))
+    wait_for("10 inodes not free", lambda: os.statvfs(mnt).f_ffree >= 10)
     for i in range(10):
         os.mkdir(mnt / f"new{i}")
 
