@@ -47,7 +47,7 @@ _STRIPE_ENTRY = struct.Struct("<IQI")
 
 def encode_data(offset: int, data: ByteData) -> bytes:
     """``DATA`` payload: logical offset u64, then the bytes."""
-    return _DATA_HEADER.pack(offset) + bytes(data)
+    return b"".join((_DATA_HEADER.pack(offset), data))  # one copy, not two
 
 
 def decode_data(payload: bytes) -> tuple[int, memoryview]:
@@ -80,7 +80,8 @@ def decode_stripe(payload: bytes) -> list[MemberWrite]:
 class _Stripe:
     """Dirty blocks of one stripe, keyed by logical block number (offset // BLOCK_SIZE)."""
 
-    blocks: dict[int, bytes] = field(default_factory=dict)
+    #: Views into the writers' buffers (never copied here; see ``StripeCache.write``).
+    blocks: dict[int, ByteData] = field(default_factory=dict)
     max_lsn: int = 0
     since: float = 0.0
 
@@ -122,6 +123,11 @@ class StripeCache:
         self._changed = trio.Condition()
         self._wake = trio.Event()
         self._waiting_writers = 0
+        #: Writers waiting for room, woken in FIFO order, only as many as a flush freed
+        #: blocks (a notify_all per flushed stripe woke every one of thousands of waiting
+        #: writers thousands of times: quadratic).
+        self._room = trio.lowlevel.ParkingLot()
+        self._parallel = parallel_flushes
         self._limiter = trio.CapacityLimiter(parallel_flushes)
         self._writes = 0
         self._stripes_flushed = 0
@@ -133,6 +139,9 @@ class StripeCache:
     async def write(self, offset: int, data: ByteData, *, journal: bool = True) -> LSN:
         """Cache ``data`` (whole blocks, block-aligned) at logical ``offset``; return its LSN.
 
+        The cache keeps views into ``data``, not copies: the caller must not change the buffer
+        afterwards (FileStore hands over a fresh buffer per chunk; replay, the log's payload).
+
         ``journal=False`` is for recovery only: the data is already in the log being replayed.
         Waits while the cache is full (backpressure).
         """
@@ -142,10 +151,11 @@ class StripeCache:
             self._waiting_writers += 1
             self._wake.set()
             try:
-                async with self._changed:
-                    await self._changed.wait()
+                await self._room.park()
             finally:
                 self._waiting_writers -= 1
+        if self._room and self._dirty_bytes + len(data) < self.max_dirty:
+            self._room.unpark()  # room left: pass the wake-up on (chain)
         lsn = LSN(0)
         if journal:
             lsn = await self.wal.append(RecordType.DATA, encode_data(offset, data))
@@ -159,7 +169,7 @@ class StripeCache:
                 st = self._dirty[stripe] = _Stripe(since=now)
             if block not in st.blocks:
                 self._dirty_bytes += BLOCK_SIZE
-            st.blocks[block] = bytes(view[i : i + BLOCK_SIZE])
+            st.blocks[block] = view[i : i + BLOCK_SIZE]
             st.max_lsn = max(st.max_lsn, lsn)
         self._writes += 1
         if self._dirty_bytes > self.max_dirty // 2:
@@ -173,7 +183,7 @@ class StripeCache:
         the members are being read is still served from the overlay, never from the older
         member contents read just before its write landed.
         """
-        overlay: list[tuple[int, bytes]] = []
+        overlay: list[tuple[int, ByteData]] = []
         if length and (self._dirty or self._flushing):
             first = offset // BLOCK_SIZE
             last = (offset + length - 1) // BLOCK_SIZE
@@ -203,13 +213,25 @@ class StripeCache:
         Returns when those stripes are clean (or were rewritten by a later flush).
         """
         stripes = list(self._dirty)
-        async with trio.open_nursery() as nursery:
-            for s in stripes:
-                nursery.start_soon(self._flush_stripe, s)
+        await self._flush_many(stripes)
         # Stripes that were already in flight when we were called: wait for them too.
         while any(s in self._flushing for s in stripes):
             async with self._changed:
                 await self._changed.wait()
+
+    async def _flush_many(self, stripes: Sequence[int]) -> None:
+        """Flush ``stripes`` with at most ``parallel_flushes`` worker tasks sharing one
+        iterator: the task count stays bounded however many stripes are dirty (10,000 small
+        files make thousands of dirty stripes; one task each was a task explosion)."""
+        todo = iter(stripes)
+
+        async def worker() -> None:
+            for s in todo:
+                await self._flush_stripe(s)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(self._parallel, len(stripes))):
+                nursery.start_soon(worker)
 
     async def _flush_stripe(self, stripe: int) -> None:
         async with self._limiter:
@@ -226,19 +248,27 @@ class StripeCache:
             finally:
                 del self._flushing[stripe]
                 self._dirty_bytes -= BLOCK_SIZE * len(st.blocks)
+                if self._dirty_bytes <= self.max_dirty // 2:
+                    self._room.unpark_all()
+                else:
+                    self._room.unpark(count=len(st.blocks))
                 async with self._changed:
                     self._changed.notify_all()
 
     async def _issue(self, stripe: int, st: _Stripe) -> None:
         if st.max_lsn:
             await self.wal.commit(LSN(st.max_lsn))  # the write-ahead rule
-        parts: list[tuple[int, bytes]] = []
+        # Runs of consecutive blocks, each joined once (not by repeated concatenation, which
+        # copied a stripe's bytes once per block).
+        runs: list[tuple[int, list[ByteData]]] = []
+        prev = -2
         for block in sorted(st.blocks):
-            off = block * BLOCK_SIZE
-            if parts and parts[-1][0] + len(parts[-1][1]) == off:
-                parts[-1] = (parts[-1][0], parts[-1][1] + st.blocks[block])
+            if block == prev + 1:
+                runs[-1][1].append(st.blocks[block])
             else:
-                parts.append((off, st.blocks[block]))
+                runs.append((block * BLOCK_SIZE, [st.blocks[block]]))
+            prev = block
+        parts = [(off, bufs[0] if len(bufs) == 1 else b"".join(bufs)) for off, bufs in runs]
         strategy = await self.array.write_stripe(stripe, parts, journal=self._journal_stripe)
         self._stripes_flushed += 1
         self._blocks_flushed += len(st.blocks)
@@ -262,9 +292,7 @@ class StripeCache:
             over = self._dirty_bytes > self.max_dirty // 2 or self._waiting_writers > 0
             old = [s for s, st in self._dirty.items() if over or now - st.since >= self.max_age]
             if old:
-                async with trio.open_nursery() as nursery:
-                    for s in old:
-                        nursery.start_soon(self._flush_stripe, s)
+                await self._flush_many(old)
 
     def statistics(self) -> CacheStatistics:
         flushed = self._stripes_flushed
