@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from fusenas.errors import DataLostError, FsError, VolumeError
+from fusenas.errors import DataLostError, FsError, NoSpaceError, VolumeError
 from fusenas.meta.image import decode_image, encode_image
 from fusenas.meta.locks import LockShardTable
 from fusenas.meta.ops import decode_op
@@ -202,6 +202,7 @@ class Volume:
         await self.cache.flush()  # most dirty data goes in place before the snapshot...
         image = encode_image(self.meta)
         start = self.wal.head_position()
+        self.meta.image_estimate = len(image)
         await self.wal.commit()
         await self.cache.flush()  # ...and the rest, dirtied meanwhile, after it
         await self.members.array.flush()
@@ -232,7 +233,13 @@ class Volume:
             if stats.used_bytes > fill * stats.capacity or (
                 busy and trio.current_time() - idle_since > interval
             ):
-                await self.checkpoint()
+                try:
+                    await self.checkpoint()
+                except NoSpaceError as exc:
+                    # Nothing is lost (the log still holds everything); writers will wait
+                    # for room. Say so, and try again later rather than kill the mount.
+                    log.error("checkpoint failed: %s", exc)
+                    await trio.sleep(5)
                 last_lsn = self.wal.last_lsn
                 idle_since = trio.current_time()
 
@@ -299,9 +306,7 @@ async def open_volume(
         notes += cnotes
         jdev = await provider.open(cfg.journal_path(voldir), readonly=readonly)
         try:
-            wal = await WriteAheadLog.open(
-                jdev, cfg.array_uuid, ckpt.log_start, readonly=readonly
-            )
+            wal = await WriteAheadLog.open(jdev, cfg.array_uuid, ckpt.log_start, readonly=readonly)
         except BaseException:
             await jdev.aclose()
             raise
@@ -311,6 +316,10 @@ async def open_volume(
         # records that flushing the cache appends during a checkpoint. The cache's dirty
         # data (plus parity) must therefore fit in that half.
         wal.headroom = wal.capacity // 2
+        # Metadata growth stops (ENOSPC) at 90% of a checkpoint region: a checkpoint must
+        # always fit, or the log could never be reclaimed again.
+        meta.image_limit = regions.max_image * 9 // 10
+        meta.image_estimate = len(ckpt.image)
         cache = StripeCache(array, wal, max_dirty=min(max_dirty, wal.capacity // 8))
         vol = Volume(
             voldir=voldir,
@@ -429,9 +438,7 @@ async def create_volume(
             notes = list(members.notes)
             array = members.array
             g = array.geometry
-            region = checkpoint_region or checkpoint_region_size(
-                g.logical_size, g.stripe_data_size
-            )
+            region = checkpoint_region or checkpoint_region_size(g.logical_size, g.stripe_data_size)
             region = -(-region // g.stripe_data_size) * g.stripe_data_size  # whole stripes
             if 2 * region + g.stripe_data_size > g.logical_size:
                 raise VolumeError(

@@ -84,6 +84,13 @@ class StatFs:
     name_max: int = NAME_MAX
 
 
+#: Operations that can make the image larger (MapBlocks grows it too, but by at most
+#: 32 bytes per 4 KiB block mapped, which the data area's own size bounds).
+_GROWING = (CreateInode, Link, Rename, SetXattr)
+#: Bytes an op may add to the image beyond its own encoding (the fixed inode record).
+_IMAGE_OVERHEAD = 160
+
+
 def _fail(code: int, what: str = "") -> FsError:
     return FsError(code, what or errno.errorcode.get(code, str(code)))
 
@@ -126,6 +133,10 @@ class MetadataStore:
         self._journal = journal
         self._open: dict[int, int] = {}
         self.pending = RunSet()
+        #: Upper bound of the image size in bytes (set by whoever writes checkpoints), and a
+        #: running over-estimate of it: the last image's size plus every growing op since.
+        self.image_limit: int | None = None
+        self.image_estimate = 0
 
     @classmethod
     def create(
@@ -164,7 +175,15 @@ class MetadataStore:
         self._journal = fn
 
     def _commit(self, op: Op) -> None:
-        self._journal(encode_op(op))
+        payload = encode_op(op)
+        if isinstance(op, _GROWING):
+            # The image must always fit its checkpoint region, or no checkpoint could ever be
+            # written again: refuse growth (ENOSPC) well before, never shrinking operations.
+            growth = len(payload) + _IMAGE_OVERHEAD
+            if self.image_limit is not None and self.image_estimate + growth > self.image_limit:
+                raise _fail(errno.ENOSPC, "metadata area full")
+            self.image_estimate += growth
+        self._journal(payload)
         self.apply(op)
 
     # -- reading -------------------------------------------------------------------------

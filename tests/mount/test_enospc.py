@@ -197,12 +197,6 @@ def test_enospc_when_inodes_run_out(tmp_path: Path, mounter: Mounter) -> None:
     assert mounter.unmount(m) == 0, m.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: xattrs (and long names on hard links) grow the metadata image past "
-    "the checkpoint region without ENOSPC; the checkpoint then fails and the volume no "
-    "longer mounts",
-)
 def test_enospc_when_the_metadata_image_is_full(tmp_path: Path, mounter: Mounter) -> None:
     """The metadata image must fit its checkpoint region (about 16 MiB here): xattrs that
     would overflow it fail with ENOSPC, and the volume still unmounts, checks and mounts."""
