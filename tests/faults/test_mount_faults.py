@@ -6,7 +6,6 @@ RAID5 with two members missing refused. Each ends with the data equal to the mod
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import random
 import time
@@ -71,19 +70,37 @@ def test_member_fails_under_load_then_replace(tmp_path: Path, mounter: Mounter) 
 def test_bit_rot_on_a_member_file_is_healed_while_mounted(tmp_path: Path, mounter: Mounter) -> None:
     voldir = mkfs(tmp_path / "vol")
     m = mounter.mount(voldir)
-    model = write_model(m.mnt, 3, count=4)
-    time.sleep(6)  # the stripe cache writes in place by age (5 s)
-    # Find blocks of the files on member 0 (RAID5 keeps data chunks plain) and rot them.
-    flipped = 0
-    with open(voldir / "member-0.img", "r+b") as f, mmap.mmap(f.fileno(), 0) as image:
-        for data in model.values():
-            for off in range(0, len(data) - 4096, 4096):
-                pos = image.find(data[off : off + 4096], DATA_OFFSET)
-                if pos >= 0:
-                    image[pos + 100] ^= 0x10
-                    flipped += 1
-        image.flush()
-    assert flipped > 10
+    data = random.Random(3).randbytes(2 << 20)
+    with open(m.mnt / "big", "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    model = {"big": data}
+    blocks = [data[off : off + 4096] for off in range(0, len(data), 4096)]
+
+    wanted = set(blocks)
+
+    def on_member0() -> list[int]:
+        with open(voldir / "member-0.img", "rb") as f:
+            f.seek(DATA_OFFSET)
+            area = f.read(32 << 20)  # the file lives after the checkpoint regions (~10.7M)
+        return [
+            DATA_OFFSET + off
+            for off in range(0, len(area), 4096)
+            if area[off : off + 4096] in wanted
+        ]
+
+    # RAID5 keeps data chunks plain: wait until the stripe cache wrote the file in place (by
+    # age, 5 s) and about a third of its blocks are on member 0, then rot each of them.
+    deadline = time.monotonic() + 60
+    while len(positions := on_member0()) < len(blocks) // 4:
+        assert time.monotonic() < deadline, len(positions)
+        time.sleep(0.5)
+    with open(voldir / "member-0.img", "r+b") as f:
+        for pos in positions:
+            f.seek(pos + 100)
+            b = f.read(1)
+            f.seek(pos + 100)
+            f.write(bytes([b[0] ^ 0x10]))
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
     check_model(m.mnt, model)
