@@ -31,3 +31,14 @@ class FsError(FusenasError):
     def __init__(self, errno: int, message: str = "") -> None:
         super().__init__(message or f"errno {errno}")
         self.errno = errno
+
+
+def sole_error(exc: BaseException) -> BaseException:
+    """The one error inside nested exception groups, or ``exc`` itself if there are several.
+
+    trio wraps whatever leaves a nursery in an exception group; a caller of a context manager
+    that runs its body inside a nursery should still see ``VolumeError``, not a group of one.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

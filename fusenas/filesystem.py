@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from fusenas.errors import DataLostError, FsError, NoSpaceError, VolumeError
+from fusenas.errors import DataLostError, FsError, NoSpaceError, VolumeError, sole_error
 from fusenas.meta.image import decode_image, encode_image
 from fusenas.meta.locks import LockShardTable
 from fusenas.meta.ops import decode_op
@@ -356,21 +356,24 @@ async def open_volume(
         async with vol._sb_lock:
             vol._sb_pending = False
             await members.commit_superblocks(ArrayState.DIRTY)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(vol.run_superblock_updater)
-            await nursery.start(vol.run_cache)
-            if spares if spares is not None else checkpointer:
-                from fusenas.volume.rebuild import SpareManager
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(vol.run_superblock_updater)
+                await nursery.start(vol.run_cache)
+                if spares if spares is not None else checkpointer:
+                    from fusenas.volume.rebuild import SpareManager
 
-                vol.spare_manager = SpareManager(vol, provider)
-                await nursery.start(vol.spare_manager.run)
-            if checkpointer:
-                await nursery.start(vol.run_checkpointer)
-            try:
-                yield vol
-            finally:
-                with trio.CancelScope(shield=True):
-                    nursery.cancel_scope.cancel()
+                    vol.spare_manager = SpareManager(vol, provider)
+                    await nursery.start(vol.spare_manager.run)
+                if checkpointer:
+                    await nursery.start(vol.run_checkpointer)
+                try:
+                    yield vol
+                finally:
+                    with trio.CancelScope(shield=True):
+                        nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise sole_error(group) from None
         with trio.CancelScope(shield=True):
             await vol.checkpoint()  # replay from it finds nothing: the log is empty
             if vol.failed_readonly is None:

@@ -193,3 +193,11 @@ async def test_full_log_backpressure_never_deadlocks(tmp_path: Path) -> None:
         for ino, data in model.items():
             assert await files.read(ino, 0, len(data)) == data
         assert check(v.meta) == []
+
+
+async def test_error_in_the_body_reaches_the_caller_unwrapped(tmp_path: Path) -> None:
+    """open_volume runs its body inside a nursery; callers still see the error itself."""
+    vol = await mkvol(tmp_path / "v")
+    with pytest.raises(VolumeError, match="boom"):
+        async with open_volume(vol):
+            raise VolumeError("boom")
