@@ -11,18 +11,17 @@ fresh checkpoint). ``--repair`` also drops orphan inodes. Exit status: 0 clean, 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 from pathlib import Path
 
 import crc32c
 
-from fusenas.errors import FusenasError, VolumeError
+from fusenas.errors import FusenasError
 from fusenas.filesystem import Volume, open_volume
 from fusenas.meta.fsck import check
 from fusenas.units import BLOCK_SIZE
-from fusenas.voldir import LOCK_NAME, load_config
+from fusenas.voldir import load_config, lock_volume
 
 
 async def verify_checksums(vol: Volume) -> list[str]:
@@ -47,19 +46,8 @@ async def verify_checksums(vol: Volume) -> list[str]:
     return problems
 
 
-def lock_volume(voldir: Path) -> int:
-    """Take the volume's mount lock (non-blocking); ``VolumeError`` if it is mounted."""
-    load_config(voldir)
-    fd = os.open(voldir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise VolumeError(f"{voldir} is mounted or in use; unmount it first") from None
-    return fd
-
-
 async def run_fsck(voldir: Path, *, repair: bool = False) -> int:
+    load_config(voldir)
     fd = lock_volume(voldir)
     try:
         async with open_volume(voldir, checkpointer=False) as vol:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -49,7 +48,7 @@ import trio
 
 from fusenas import logs
 from fusenas.errors import FusenasError
-from fusenas.voldir import LOCK_NAME, LOG_NAME, is_volume_dir
+from fusenas.voldir import LOG_NAME, is_volume_dir, lock_volume
 from fusenas.volume.layout import Level, format_size, parse_size
 
 log = logging.getLogger("fusenas.mount")
@@ -274,16 +273,6 @@ def _create_default(voldir: Path) -> None:
     )
 
 
-def _lock(voldir: Path) -> int:
-    fd = os.open(voldir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise Refusal(f"volume {voldir} is already mounted") from None
-    return fd
-
-
 def main(argv: Sequence[str]) -> int:
     root = os.geteuid() == 0
     try:
@@ -314,7 +303,7 @@ def main(argv: Sequence[str]) -> int:
             _create_default(voldir)
         if voldir == mnt or mnt.is_relative_to(voldir):
             raise Refusal("the mount point may not be inside the volume directory")
-        lock_fd = _lock(voldir)
+        lock_fd = lock_volume(voldir)
     except Refusal as exc:
         print(f"fusenas: {exc}", file=sys.stderr)
         return 1

@@ -28,8 +28,8 @@ import trio
 
 from fusenas.errors import FusenasError
 from fusenas.filesystem import Volume, open_volume
-from fusenas.fsck import lock_volume
 from fusenas.units import BLOCK_SIZE
+from fusenas.voldir import lock_volume
 from fusenas.volume import parity
 from fusenas.volume.array import MemberWrite
 from fusenas.volume.layout import Level

@@ -17,6 +17,7 @@ config only says where to look.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tomllib
 import uuid
@@ -114,3 +115,20 @@ def load_config(voldir: Path) -> VolumeConfig:
 
 def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def lock_volume(voldir: Path) -> int:
+    """Take the volume's exclusive lock (non-blocking) and return its fd; closing it unlocks.
+
+    Held for the life of a mount, and by offline tools (fsck, scrub, replace), so that two of
+    them never open the same volume. ``VolumeError`` if it is taken.
+    """
+    fd = os.open(voldir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise VolumeError(
+            f"volume {voldir} is already mounted (or in use by fsck, scrub or replace)"
+        ) from None
+    return fd

@@ -397,7 +397,7 @@ async def run_offline(args: object) -> int:
     import sys
 
     from fusenas.filesystem import open_volume
-    from fusenas.fsck import lock_volume
+    from fusenas.voldir import lock_volume
 
     voldir = Path(getattr(args, "voldir")).absolute()  # noqa: B009
     command = getattr(args, "command")  # noqa: B009
