@@ -587,9 +587,9 @@ class Array:
                 return await self._write_parity_stripe(stripe, pieces, journal)
             old_p = old[pmembers[0]]
             old_q = old[pmembers[1]] if len(pmembers) > 1 else b""
-            for i, block in new.items():
+            for i in new:
                 old_d = old[dmembers[i]]
-                merged = _merge(old_d, block, pieces, i, lo)
+                merged = _merge(old_d, pieces, i, lo)
                 if len(pmembers) == 1:
                     old_p = parity.update_p(old_p, old_d, merged)
                 else:
@@ -607,12 +607,12 @@ class Array:
                 full = [
                     bytes(new[i])
                     if i in covered
-                    else _merge(old[dmembers[i]], new.get(i), pieces, i, lo)
+                    else _merge(old[dmembers[i]], pieces, i, lo)
                     for i in range(ndata)
                 ]
             else:
                 rows = await self.read_rows(stripe, lo, rlen)
-                full = [_merge(rows[i], new.get(i), pieces, i, lo) for i in range(ndata)]
+                full = [_merge(rows[i], pieces, i, lo) for i in range(ndata)]
             parities = [parity.gen_p(full)] if len(pmembers) == 1 else list(parity.gen_pq(full))
         writes = [
             MemberWrite(dmembers[p.data_index], self.data_offset + p.member_offset, bytes(buf))
@@ -647,17 +647,9 @@ class Array:
         return out
 
 
-def _merge(
-    old: ByteData,
-    new: bytearray | None,
-    pieces: list[tuple[Piece, memoryview]],
-    index: int,
-    lo: int,
-) -> bytes:
+def _merge(old: ByteData, pieces: list[tuple[Piece, memoryview]], index: int, lo: int) -> bytes:
     """Old row bytes of data block ``index`` with the written pieces laid over them."""
     out = bytearray(old)
-    if new is None:
-        return bytes(out)
     for p, buf in pieces:
         if p.data_index == index:
             out[p.chunk_offset - lo : p.chunk_offset - lo + p.length] = buf
