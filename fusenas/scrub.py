@@ -28,6 +28,7 @@ import trio
 
 from fusenas.errors import FusenasError
 from fusenas.filesystem import Volume, open_volume
+from fusenas.metrics import INTEGRITY
 from fusenas.units import BLOCK_SIZE
 from fusenas.voldir import lock_volume
 from fusenas.volume import parity
@@ -121,6 +122,7 @@ async def scrub_volume(
             await _check_row(vol, s, report)
         report.stripes += 1
         report.bytes_checked += g.chunk * g.members
+        INTEGRITY.progress["scrub"] = (report.bytes_checked, total)
         if progress is not None:
             progress(report.bytes_checked, total)
         if rate:

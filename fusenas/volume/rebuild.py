@@ -52,6 +52,7 @@ from rich.console import Console
 
 from fusenas.errors import VolumeError
 from fusenas.filesystem import Volume
+from fusenas.metrics import INTEGRITY
 from fusenas.voldir import save_config
 from fusenas.volume.device import BlockDevice, DeviceProvider
 from fusenas.volume.member import FILES
@@ -156,6 +157,7 @@ async def rebuild_member(
                 r.busy = False
                 r.lo += 1
                 done += 1
+                INTEGRITY.progress["rebuild"] = (done * g.chunk, total * g.chunk)
                 if progress is not None:
                     progress(done, total)
                 p = prefix()

@@ -15,6 +15,7 @@ import trio
 from fusenas.filesystem import open_volume
 from fusenas.fsck import verify_checksums
 from fusenas.meta.fsck import check
+from fusenas.metrics import INTEGRITY
 from fusenas.volume.faults import FaultyProvider
 from fusenas.volume.layout import Level
 from fusenas.volume.rebuild import add_spare, load_spares, rebuild_member, replace
@@ -73,6 +74,8 @@ async def test_online_replace_with_foreground_writes(
         assert vol.members.array.states[1] == MemberState.ACTIVE
         assert stats.stripes == vol.members.array.geometry.stripes
         assert seen and seen[-1] == stats.stripes
+        chunk = vol.members.array.geometry.chunk
+        assert INTEGRITY.progress["rebuild"] == (stats.stripes * chunk, stats.stripes * chunk)
         for _ in range(20):
             await work.step()
         model = dict(work.model)
