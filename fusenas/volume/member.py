@@ -11,12 +11,27 @@ Invariants
 * Blocking system calls never run on the event loop: each runs in
   ``trio.to_thread.run_sync(..., abandon_on_cancel=True)`` under this member's
   ``CapacityLimiter`` (4 threads unless the caller shares one), so one slow disk ties up at
-  most its own threads.
+  most its own threads. Plain ``write`` calls are batched instead (below): at most one worker
+  thread per device writes them, outside the limiter.
 * A block device is opened with ``O_EXCL``: Linux then refuses it while it is mounted, part of
   an md array or opened exclusively by anyone else, and keeps others out while we hold it.
 * The file descriptor is closed only when no worker thread is using it (see ``aclose``). An
   abandoned thread therefore never sees its descriptor number reused by an unrelated
   ``open`` — which would let a stale ``pwrite`` land in some other file.
+
+Write batching
+--------------
+A thread hand-off costs more than a ``pwrite`` into the page cache, and a stripe flush issues
+one member write per member (several stripes flush at once). So ``write`` does not start a
+thread itself: it queues the request, and the first write of a run-loop pass schedules a
+submission for the next pass (``run_sync_soon``), which hands *every* queued write of this
+device to one worker thread. Requests that continue the previous one on the device go into
+one ``pwritev``. While that batch runs, new writes queue up and are submitted together when
+it completes (like a group commit). Each request gets its own outcome (an ``OSError`` of one
+never fails another); each caller waits for its own request only. Writes in one batch are
+issued in queue order, so concurrent overlapping writes land as if issued one after the other
+(no order between concurrent writes is promised anyway). ``write_many`` writes a list (and
+optionally ``fdatasync``s) in one hand-off: the WAL's commit path.
 
 Cancellation
 ------------
@@ -25,6 +40,7 @@ the call never started. Cancellation once the thread runs *abandons* the thread:
 returns ``Cancelled`` at once while the system call finishes in the background, so a
 cancelled ``write`` or ``flush`` may or may not have taken effect, and the caller must treat
 the range as unknown, exactly as after a power cut (the ``BlockDevice`` contract).
+A ``write`` cancelled while still queued is dropped from the batch (it never starts).
 
 Crash behaviour
 ---------------
@@ -35,16 +51,18 @@ keeps any subset of the unflushed writes, torn at the device's sector/page granu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import outcome
 import trio
 
 from fusenas.errors import VolumeError
@@ -102,6 +120,69 @@ class _SharedFd:
             close_now = self._users == 0
         if close_now:
             os.close(self._fd)
+
+
+#: At most this many queued writes go into one ``pwritev`` (well under ``IOV_MAX``).
+_MAX_IOV = 64
+
+
+class _WriteRequest:
+    """One queued ``write``: filled by the worker thread, read back in the trio thread."""
+
+    __slots__ = ("error", "offset", "skip", "started", "task", "view")
+
+    def __init__(self, offset: int, view: memoryview, task: trio.lowlevel.Task) -> None:
+        self.offset = offset
+        self.view = view
+        self.task: trio.lowlevel.Task | None = task  # None once woken or abandoned
+        self.started = False  # handed to a worker thread (trio thread only)
+        self.skip = False  # cancelled while queued: never written
+        self.error: OSError | None = None
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _write_run(fd: int, run: list[_WriteRequest]) -> None:
+    """Requests that are contiguous on the device, in queue order: one ``pwritev``."""
+    if len(run) == 1:
+        _pwrite_all(fd, run[0].view, run[0].offset)
+        return
+    done = os.pwritev(fd, [r.view for r in run], run[0].offset)
+    for r in run:  # a short pwritev: finish request by request
+        n = len(r.view)
+        if done < n:
+            _pwrite_all(fd, r.view[done:], r.offset + done)
+        done = max(0, done - n)
+
+
+def _write_batch(fd: int, batch: list[_WriteRequest]) -> None:
+    """Write every request of ``batch`` in queue order, merging requests that continue the
+    previous one into one ``pwritev``. Errors are recorded per request, never raised: a
+    failed merged run is retried request by request so that each gets its own outcome."""
+    i = 0
+    while i < len(batch):
+        j = i + 1
+        end = batch[i].offset + len(batch[i].view)
+        while j < len(batch) and j - i < _MAX_IOV and batch[j].offset == end:
+            end += len(batch[j].view)
+            j += 1
+        run = batch[i:j]
+        try:
+            _write_run(fd, run)
+        except OSError as e:
+            if len(run) == 1:
+                run[0].error = e
+            else:
+                for r in run:
+                    try:
+                        _pwrite_all(fd, r.view, r.offset)
+                    except OSError as e2:
+                        r.error = e2
+        i = j
 
 
 def _refuse(path: str, what: str) -> VolumeError:
@@ -205,6 +286,9 @@ class FileDevice:
         self._is_block_device = is_block_device
         self._readonly = readonly
         self._limiter = limiter
+        self._queue: list[_WriteRequest] = []
+        self._batch_running = False
+        self._submit_scheduled = False
 
     @classmethod
     async def open(
@@ -331,20 +415,98 @@ class FileDevice:
         cancelled, ever — the abandoned thread may still be reading it). ``ValueError`` if the
         range leaves ``[0, size)``; ``OSError`` on I/O errors (``EROFS`` if opened read-only).
         Cancellation abandons the thread: the write may or may not happen, wholly or in part.
+        A write cancelled while still queued (see "Write batching") never starts.
         """
         view = memoryview(data).cast("B")
         self._check_range("write", offset, len(view))
         if self._readonly:
             raise OSError(errno.EROFS, f"{self._name}: opened read-only")
         if len(view) == 0:
+            await trio.lowlevel.checkpoint()
             return
+        req = _WriteRequest(offset, view, trio.lowlevel.current_task())
+        self._queue.append(req)
+        if not self._batch_running and not self._submit_scheduled:
+            # Submit on the next pass of the run loop, so that every write started in this
+            # one (the member writes of a stripe flush, of several stripes) joins the batch.
+            self._submit_scheduled = True
+            trio.lowlevel.current_trio_token().run_sync_soon(self._submit)
 
-        def do_write(fd: int) -> None:
-            done = 0
-            while done < len(view):
-                done += os.pwrite(fd, view[done:], offset + done)
+        def abort(_: object) -> trio.lowlevel.Abort:
+            req.task = None
+            if not req.started:
+                req.skip = True  # still queued: it will never start
+            return trio.lowlevel.Abort.SUCCEEDED
 
-        await self._run(do_write)
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def write_many(self, writes: Sequence[tuple[int, ByteData]], *, flush: bool) -> None:
+        """Write each ``(offset, data)`` in order, then ``fdatasync`` if ``flush``: all in one
+        worker thread (one hand-off instead of one per call). Same contract as that sequence
+        of ``write`` calls followed by ``flush``: when it returns, every write is durable
+        (``flush``) or in the page cache. Cancellation abandons the thread as ``write`` does.
+        The WAL commits a batch through this.
+        """
+        views = [(off, memoryview(d).cast("B")) for off, d in writes]
+        for off, v in views:
+            self._check_range("write", off, len(v))
+        if self._readonly and views:
+            raise OSError(errno.EROFS, f"{self._name}: opened read-only")
+
+        def do(fd: int) -> None:
+            for off, v in views:
+                _pwrite_all(fd, v, off)
+            if flush:
+                os.fdatasync(fd)
+
+        await self._run(do)
+
+    def _submit(self) -> None:
+        """Start one worker thread for every queued write (runs in the trio thread)."""
+        self._submit_scheduled = False
+        if self._batch_running:
+            return  # _complete submits what queued meanwhile
+        batch = [r for r in self._queue if not r.skip]
+        self._queue = []
+        if not batch:
+            return
+        for r in batch:
+            r.started = True
+        self._batch_running = True
+        token = trio.lowlevel.current_trio_token()
+        shared = self._fd
+
+        def in_thread() -> None:
+            try:
+                fd = shared.acquire()
+            except OSError as e:
+                for r in batch:
+                    r.error = e
+                return
+            try:
+                _write_batch(fd, batch)
+            finally:
+                shared.release()
+
+        def deliver(_: object) -> None:
+            # in_thread never raises (errors are per request); this runs in the worker.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._complete, batch)
+
+        trio.lowlevel.start_thread_soon(in_thread, deliver)
+
+    def _complete(self, batch: list[_WriteRequest]) -> None:
+        """Wake the writers of a finished batch, then submit what queued meanwhile."""
+        self._batch_running = False
+        for r in batch:
+            if r.task is not None:
+                result: outcome.Outcome[None] = (
+                    outcome.Value(None) if r.error is None else outcome.Error(r.error)
+                )
+                trio.lowlevel.reschedule(r.task, result)
+                r.task = None
+        if self._queue:
+            self._submit()
 
     async def flush(self) -> None:
         """``fdatasync``: every write that returned before this call is durable when it returns.
