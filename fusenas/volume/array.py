@@ -537,13 +537,13 @@ class Array:
             raise ValueError("parts cross the stripe")
         async with self.stripe_lock(stripe):
             if g.parity_count == 0:
-                await self.issue(
-                    [
-                        MemberWrite(m, self.data_offset + p.member_offset, bytes(buf))
-                        for p, buf in pieces
-                        for m in p.copies
+                writes = []
+                for p, buf in pieces:
+                    data = bytes(buf)  # one copy, shared by every mirror (writes only read it)
+                    writes += [
+                        MemberWrite(m, self.data_offset + p.member_offset, data) for m in p.copies
                     ]
-                )
+                await self.issue(writes)
                 return None
             return await self._write_parity_stripe(stripe, pieces, journal)
 
@@ -605,9 +605,7 @@ class Array:
                 except _MemberFailed:
                     return await self._write_parity_stripe(stripe, pieces, journal)
                 full = [
-                    bytes(new[i])
-                    if i in covered
-                    else _merge(old[dmembers[i]], pieces, i, lo)
+                    bytes(new[i]) if i in covered else _merge(old[dmembers[i]], pieces, i, lo)
                     for i in range(ndata)
                 ]
             else:
