@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 
-apt_packages=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-dev python3-venv
+apt_packages=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-dev python3-venv patch
               fio rsync sqlite3 git attr util-linux procps psmisc kmod
               nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils)
 
@@ -31,6 +31,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+scripts/install-pyfuse3.sh  # pyfuse3 with fallocate (docs/dependencies.md)
 .venv/bin/python -m pip install -q -e '.[dev]'
 ln -sf "$top/.venv/bin/fusenas" /usr/local/bin/fusenas
 modprobe fuse 2>/dev/null || true

@@ -43,9 +43,13 @@ atime
     Reads do not update atime (as ``noatime``; the mount says so). Explicit ``utimensat`` and
     ``touch -a`` work.
 
-Not exposed by pyfuse3 3.5: fallocate (the kernel answers EOPNOTSUPP), copy_file_range,
-lseek SEEK_DATA/SEEK_HOLE, ioctl, poll on files, file locks (the kernel handles flock/POSIX
-locks locally).
+fallocate
+    Needs pyfuse3 built with patches/pyfuse3-3.5.0-fallocate.patch (scripts/setup.sh does
+    it; docs/dependencies.md). Unsupported modes answer EOPNOTSUPP, never ENOSYS (which
+    would make the kernel stop sending fallocate for the rest of the mount).
+
+Not exposed by pyfuse3 3.5: copy_file_range, lseek SEEK_DATA/SEEK_HOLE, ioctl, poll on files,
+file locks (the kernel handles flock/POSIX locks locally).
 """
 
 from __future__ import annotations
@@ -414,6 +418,12 @@ class FusenasOperations(pyfuse3.Operations):
             await self.vol.reserve_meta()
             self.meta.setattr(ino, mode=killed, now_ns=time.time_ns())
         return await self.files.write(ino, off, buf)
+
+    @_boundary
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """Default mode, KEEP_SIZE and PUNCH_HOLE|KEEP_SIZE (FileStore.fallocate); any other
+        mode: EOPNOTSUPP."""
+        await self.files.fallocate(self._ino(fh), mode, offset, length)
 
     @_boundary
     async def flush(self, fh: int) -> None:

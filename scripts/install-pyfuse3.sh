@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs pyfuse3 3.5.0 built from its sdist with patches/pyfuse3-3.5.0-fallocate.patch into
+# .venv, so that fallocate(2) reaches FusenasOperations.fallocate (see docs/dependencies.md).
+# Called by scripts/setup.sh before the project's own `pip install`; needs the venv, gcc,
+# pkg-config, libfuse3-dev and patch. Does nothing when the venv's pyfuse3 already has
+# Operations.fallocate, so running it again is quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+py="$top/.venv/bin/python"
+version=3.5.0
+patchfile="$top/patches/pyfuse3-$version-fallocate.patch"
+
+has_fallocate() {
+    "$py" -c 'import sys, pyfuse3; sys.exit(0 if hasattr(pyfuse3.Operations, "fallocate") else 1)' \
+        2>/dev/null
+}
+
+if has_fallocate; then
+    exit 0
+fi
+
+echo "fusenas setup: building pyfuse3 $version with the fallocate patch"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$py" -m pip download -q --no-deps --no-binary pyfuse3 -d "$tmp" "pyfuse3==$version"
+tar -xzf "$tmp/pyfuse3-$version.tar.gz" -C "$tmp"
+src="$tmp/pyfuse3-$version"
+patch -s -p1 -d "$src" < "$patchfile"
+# The sdist ships the C that Cython generated from the unpatched sources: drop it so the
+# build runs Cython on the patched .pyx/.pxi.
+rm -f "$src/src/pyfuse3/__init__.c"
+# Build first, then swap the installed copy in one quick step (the venv may be in use).
+"$py" -m pip wheel -q --no-deps -w "$tmp/wheel" "$src"
+whl=$(echo "$tmp"/wheel/pyfuse3-*.whl)
+"$py" -m pip install -q --no-deps --force-reinstall "$whl"
+"$py" -m pip install -q "$whl"  # its dependencies (trio), if the venv is new
+
+if ! has_fallocate; then
+    echo "fusenas setup: the patched pyfuse3 has no Operations.fallocate" >&2
+    exit 1
+fi
