@@ -49,6 +49,7 @@ import trio
 from fusenas.errors import FusenasError
 from fusenas.logs import RateLimiter, event
 from fusenas.units import ByteData
+from fusenas.wal.log import BATCH_BUCKETS
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -1022,6 +1023,19 @@ def families(s: Snapshot) -> list[Any]:
     )
     gauge("fusenas_wal_durable_lsn", "Newest durable log sequence number.", int(w.durable_lsn))
     gauge("fusenas_wal_last_lsn", "Newest appended log sequence number.", int(w.last_lsn))
+    if w.batch_histogram:
+        gc = HistogramMetricFamily(
+            "fusenas_wal_commit_batch_records",
+            "Records made durable per journal flush (group commit batch size).",
+        )
+        gc.add_metric(
+            [],
+            HistogramSnapshot(
+                tuple(float(b) for b in BATCH_BUCKETS), w.batch_histogram, w.records_committed
+            ).cumulative(),
+            w.records_committed,
+        )
+        out.append(gc)
     ck = HistogramMetricFamily(
         "fusenas_checkpoint_seconds", "Duration of checkpoints (flush, image, slot header)."
     )

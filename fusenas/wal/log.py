@@ -50,6 +50,7 @@ the uncommitted ones (a prefix of what was appended, never a half record).
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -114,6 +115,13 @@ class WalStatistics:
     last_lsn: LSN
     #: Tasks waiting in ``append``/``reserve`` for ``reclaim``.
     waiting_for_room: int
+    #: Records per commit batch: counts per bucket of ``BATCH_BUCKETS`` (upper bounds), the
+    #: last count being the batches larger than every bound.
+    batch_histogram: tuple[int, ...] = ()
+
+
+#: Upper bounds of the group-commit batch-size histogram (records per device flush).
+BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,7 @@ class WriteAheadLog:
         self._commits = 0
         self._records_last_commit = 0
         self._records_committed = 0
+        self._batch_histogram = [0] * (len(BATCH_BUCKETS) + 1)
         self._bytes_written = 0
 
     # ----------------------------------------------------------------- create / open
@@ -515,6 +524,7 @@ class WriteAheadLog:
         self._commits += 1
         self._records_last_commit = records
         self._records_committed += records
+        self._batch_histogram[bisect.bisect_left(BATCH_BUCKETS, records)] += 1
         self._bytes_written += sum(len(d) for _, d in runs)
 
     # ----------------------------------------------------------------- the rest
@@ -525,6 +535,7 @@ class WriteAheadLog:
             commits=self._commits,
             records_last_commit=self._records_last_commit,
             records_committed=self._records_committed,
+            batch_histogram=tuple(self._batch_histogram),
             bytes_written=self._bytes_written,
             used_bytes=self._head_v - self._tail_v,
             pending_bytes=self._pending_bytes,

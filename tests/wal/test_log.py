@@ -129,6 +129,8 @@ async def test_group_commit_shares_flushes() -> None:
     assert flushes < 50
     stats = wal.statistics()
     assert stats.commits == flushes and stats.records_committed == 50
+    assert sum(stats.batch_histogram) == stats.commits
+    assert any(stats.batch_histogram[1:]), "some batch held more than one record"
     assert await replayed(await reopen(dev, start)) == sorted(done)
 
 
