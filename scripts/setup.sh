@@ -32,7 +32,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 scripts/install-pyfuse3.sh  # pyfuse3 with fallocate (docs/dependencies.md)
-.venv/bin/python -m pip install -q -e '.[dev]'
+# Quiet unless it fails: setuptools' editable-install warnings are noise to a new user.
+if ! .venv/bin/python -m pip install -q -e '.[dev]' > .venv/pip-install.log 2>&1; then
+    cat .venv/pip-install.log >&2
+    exit 1
+fi
 ln -sf "$top/.venv/bin/fusenas" /usr/local/bin/fusenas
 modprobe fuse 2>/dev/null || true
 
