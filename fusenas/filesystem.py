@@ -101,6 +101,10 @@ class Volume:
     #: Called (synchronously) after every member failure, once recorded: spares, metrics.
     failure_listeners: list[Callable[[int, str], None]] = field(default_factory=list)
     spare_manager: SpareManager | None = None
+    #: Members found back at open (recorded failed or missing, device present): member →
+    #: True if the write-intent bitmap allows a resync of its dirty regions only, False for
+    #: a full rebuild. The spare manager re-adds them (``rebuild.readd_member``).
+    returning: dict[int, bool] = field(default_factory=dict)
 
     def _on_member_failure(self, member: int, reason: str) -> None:
         """``Array.failure_hooks`` entry: schedule the superblock update; go read-only if the
@@ -205,10 +209,14 @@ class Volume:
         self.meta.image_estimate = len(image)
         await self.wal.commit()
         await self.cache.flush()  # ...and the rest, dirtied meanwhile, after it
+        bitmap = self.members.array.write_intent
+        clearable = bitmap.clear_candidates() if bitmap is not None else set()
         await self.members.array.flush()
         await self.update_superblocks()
         if self.failed_readonly is not None:
             return
+        if bitmap is not None and clearable:
+            await bitmap.clear(clearable)
         await self.checkpoints.write(start, image)
         if self._previous_start is not None:
             self.wal.reclaim(self._previous_start)
@@ -244,6 +252,90 @@ class Volume:
                 idle_since = trio.current_time()
 
 
+async def _attach_bitmap(vol: Volume, region: int | None) -> None:
+    """Load the write-intent bitmap from the active members (or write a fresh one), attach
+    it to the array, and sort the returning members into quick resync or full rebuild
+    (rules: ``fusenas.volume.bitmap``)."""
+    from fusenas.volume.bitmap import (
+        DEFAULT_REGION,
+        WriteIntentBitmap,
+        read_bitmap,
+        region_size_for,
+    )
+
+    members = vol.members
+    array = members.array
+    g = array.geometry
+    if g.level == Level.RAID0:
+        return  # nothing to resync from
+    n = g.members
+    active = [i for i in range(n) if array.is_active(i)]
+    img, why = await read_bitmap(array, active)
+    if img is not None and (
+        img.array_uuid != members.array_uuid
+        or img.region_size % g.chunk
+        or img.regions != -(-g.member_data_size // img.region_size)
+    ):
+        img, why = None, "it does not match the array's geometry"
+    if img is not None:
+        bitmap = WriteIntentBitmap(array, img, members.events)
+    else:
+        if array.degraded:
+            vol.notes.append(f"no usable write-intent bitmap ({why}); a new one is written")
+        size = region_size_for(g.member_data_size, g.chunk, region or DEFAULT_REGION)
+        bitmap = WriteIntentBitmap.fresh(
+            array, members.array_uuid, [None] * n, members.events, size
+        )
+    for i in list(active):
+        want = bitmap.image.tracked[i]
+        if img is not None and want is not None and want != members.member_uuids[i]:
+            # An older member of this slot (replaced since) put back: its bytes are stale
+            # whatever its superblock's event counter says.
+            array.states[i] = MemberState.FAULTY
+            active.remove(i)
+            vol._sb_pending = True
+            dev = array.devices[i]
+            vol.notes.append(
+                f"member {i} ({dev.name if dev is not None else '?'}) is not "
+                f"the member this slot last had (uuid {members.member_uuids[i]}, expected "
+                f"{want}); it is not used"
+            )
+    if not array.usable:
+        raise VolumeError(
+            f"{g.level.name} array cannot start: members "
+            f"{', '.join(map(str, array.failed_members))} are missing, stale or replaced"
+        )
+    for i in range(n):
+        dev = array.devices[i]
+        if dev is None or array.states[i] != MemberState.FAULTY:
+            continue
+        ev = members.member_events[i] if members.member_events else None
+        quick = (
+            img is not None
+            and bitmap.image.tracked[i] == members.member_uuids[i]
+            and ev is not None
+            and img.events_cleared <= ev <= members.events
+        )
+        vol.returning[i] = quick
+        vol.notes.append(
+            f"member {i} ({dev.name}) is back: "
+            + (
+                f"resync of {len(bitmap.bits)} dirty regions of {bitmap.regions} "
+                "(write-intent bitmap)"
+                if quick
+                else "full rebuild (the write-intent bitmap does not cover its absence)"
+            )
+        )
+    changed = img is None
+    for i in active:
+        if bitmap.image.tracked[i] != members.member_uuids[i]:
+            bitmap.set_tracked(i, members.member_uuids[i])
+            changed = True
+    array.write_intent = bitmap
+    if changed:
+        await bitmap.write()
+
+
 async def _replay(vol: Volume) -> int:
     """Apply the log after the checkpoint; returns the number of records replayed."""
     count = 0
@@ -270,12 +362,15 @@ async def open_volume(
     provider: DeviceProvider = FILES,
     inject: str | None = None,
     spares: bool | None = None,
+    bitmap_region: int | None = None,
 ) -> AsyncIterator[Volume]:
     """Open (recovering if needed), yield, and cleanly close the volume in ``voldir``.
 
     ``inject``: fault specs (``fusenas.volume.faults.parse_inject``) armed on the members, for
     debugging. ``spares`` (default: same as ``checkpointer``): run the spare manager, which
-    resumes an interrupted rebuild and lets a spare take over a failed member.
+    resumes an interrupted rebuild, re-adds returning members and lets a spare take over a
+    failed member. ``bitmap_region``: region size of a write-intent bitmap created by this
+    open (default ``bitmap.DEFAULT_REGION``); an existing bitmap keeps its own.
     """
     cfg = load_config(voldir)
     if inject:
@@ -334,6 +429,8 @@ async def open_volume(
             notes=notes,
         )
         array.failure_hooks.append(vol._on_member_failure)
+        if not readonly:
+            await _attach_bitmap(vol, bitmap_region)
         for i, state in enumerate(array.states):
             recorded = members.template.member_states[i]
             if state == MemberState.FAULTY and recorded == MemberState.ACTIVE:

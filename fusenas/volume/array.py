@@ -38,6 +38,7 @@ import enum
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -47,6 +48,9 @@ from fusenas.volume import parity
 from fusenas.volume.device import BlockDevice
 from fusenas.volume.layout import Geometry, Level, Piece
 from fusenas.volume.superblock import DATA_OFFSET, MemberState
+
+if TYPE_CHECKING:
+    from fusenas.volume.bitmap import WriteIntentBitmap
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +158,9 @@ class Array:
         self.bytes_written = [0] * geometry.members
         self.heal = HealStatistics()
         self._stripe_locks: dict[int, trio.Lock] = {}
+        #: The write-intent bitmap (``fusenas.volume.bitmap``): ``issue`` sets the bits of the
+        #: regions it writes, durably, before any member write goes out. None: no bitmap.
+        self.write_intent: WriteIntentBitmap | None = None
 
     # -- member state ---------------------------------------------------------------------
 
@@ -257,11 +264,18 @@ class Array:
         """Issue member writes concurrently (also used to replay journaled STRIPE records).
 
         A member that fails is marked faulty and skipped; if that leaves data unrecoverable
-        a ``DataLostError`` is raised after all writes were attempted.
+        a ``DataLostError`` is raised after all writes were attempted. With a write-intent
+        bitmap, the bits of the written regions are durable before the first write is issued.
         """
-        async with trio.open_nursery() as nursery:
-            for w in writes:
-                nursery.start_soon(self._member_write, w)
+        bitmap = self.write_intent
+        regions = await bitmap.begin(writes) if bitmap is not None else None
+        try:
+            async with trio.open_nursery() as nursery:
+                for w in writes:
+                    nursery.start_soon(self._member_write, w)
+        finally:
+            if bitmap is not None and regions is not None:
+                bitmap.end(regions)
         self._check_usable()
 
     def _check_usable(self) -> None:

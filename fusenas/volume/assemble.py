@@ -55,6 +55,9 @@ class ArrayMembers:
     template: Superblock  # fields common to all members (member-specific ones are replaced)
     member_uuids: list[uuid.UUID]
     notes: list[str] = field(default_factory=list)
+    #: Event counter of each present member's own superblock (None: missing); tells how
+    #: long a returning member was away (``fusenas.volume.bitmap``).
+    member_events: list[int | None] = field(default_factory=list)
 
     @property
     def array_uuid(self) -> uuid.UUID:
@@ -81,6 +84,8 @@ class ArrayMembers:
             member_states=tuple(self.array.states if recorded is None else recorded),
         )
         self.template = sb
+        if self.array.write_intent is not None:
+            self.array.write_intent.events = sb.events
 
         async def one(i: int, dev: BlockDevice) -> None:
             try:
@@ -259,6 +264,7 @@ async def assemble(
         devices: list[BlockDevice | None] = [None] * n
         member_paths: list[Path | None] = [None] * n
         member_uuids = [uuid.uuid4() for _ in range(n)]
+        member_events: list[int | None] = [None] * n
         states = [MemberState.MISSING] * n
         for p, dev, sb in found:
             i = sb.member_index
@@ -271,6 +277,7 @@ async def assemble(
             devices[i] = dev
             member_paths[i] = p
             member_uuids[i] = sb.member_uuid
+            member_events[i] = sb.events
             if newest.member_states[i] == MemberState.REBUILDING:
                 # A replacement whose rebuild was interrupted: it takes every write, and the
                 # rebuild resumes from the recorded recovery offset.
@@ -317,6 +324,7 @@ async def assemble(
             template=newest,
             member_uuids=member_uuids,
             notes=notes,
+            member_events=member_events,
         )
     except BaseException:
         for _p, dev, _sb in found:

@@ -100,21 +100,35 @@ async def rebuild_member(
     workers: int = DEFAULT_WORKERS,
     progress: Progress | None = None,
     checkpoint_bytes: int = CHECKPOINT_BYTES,
+    only: list[tuple[int, int]] | None = None,
 ) -> RebuildStats:
     """Rebuild ``member`` (state ``REBUILDING``) from the recorded recovery offset, then mark
     it active in the superblocks. ``DataLostError`` if a row cannot be reconstructed;
-    ``VolumeError`` if the member fails during the rebuild."""
+    ``VolumeError`` if the member fails during the rebuild.
+
+    ``only``: rebuild just these stripe ranges ``[lo, hi)`` (the dirty regions of a
+    write-intent bitmap resync); no recovery offset is recorded then (an interrupted resync
+    is redone from the bitmap, or in full if the member was recorded as rebuilding)."""
     members = vol.members
     array = members.array
     g = array.geometry
     if array.states[member] != MemberState.REBUILDING:
         raise VolumeError(f"member {member} is not being rebuilt")
-    recorded = members.template.recovery_offset
-    start = 0 if recorded == RECOVERY_COMPLETE else min(recorded // g.chunk, g.stripes)
-    total = g.stripes
-    n = max(1, min(workers, total - start))
-    step = -(-(total - start) // n) if total > start else 0
-    ranges = [_Range(start + i * step, min(total, start + (i + 1) * step)) for i in range(n)]
+    if only is not None:
+        start = 0
+        checkpoint_bytes = 1 << 62
+        parts = [(lo, hi) for lo, hi in only if hi > lo]
+        total = sum(hi - lo for lo, hi in parts)
+        # Cut the ranges into about ``workers`` pieces of similar size.
+        piece = max(1, -(-total // max(1, workers)))
+        ranges = [_Range(a, min(hi, a + piece)) for lo, hi in parts for a in range(lo, hi, piece)]
+    else:
+        recorded = members.template.recovery_offset
+        start = 0 if recorded == RECOVERY_COMPLETE else min(recorded // g.chunk, g.stripes)
+        total = g.stripes
+        n = max(1, min(workers, total - start))
+        step = -(-(total - start) // n) if total > start else 0
+        ranges = [_Range(start + i * step, min(total, start + (i + 1) * step)) for i in range(n)]
     done = start
     steals = 0
     last_mark = start
@@ -176,16 +190,63 @@ async def rebuild_member(
     async with vol._sb_lock:
         members.template = members.template.with_(recovery_offset=RECOVERY_COMPLETE)
         await members.commit_superblocks(members.template.state)
+    bitmap = array.write_intent
+    if bitmap is not None and array.is_active(member):
+        bitmap.set_tracked(member, members.member_uuids[member])  # in sync from now on
+        await bitmap.write()
     secs = time.monotonic() - t0
     stats = RebuildStats(total - start, (total - start) * g.chunk, secs, steals)
     log.info(
-        "member %d rebuilt: %d stripes, %.1f MB/s, %d steals",
+        "member %d %s: %d stripes, %.1f MB/s, %d steals",
         member,
+        "resynced (dirty regions)" if only is not None else "rebuilt",
         stats.stripes,
         stats.mb_per_s,
         steals,
     )
     return stats
+
+
+async def readd_member(
+    vol: Volume,
+    member: int,
+    quick: bool,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    progress: Progress | None = None,
+) -> RebuildStats:
+    """Bring a returning member (faulty, its device present: ``Volume.returning``) back:
+    ``quick`` resyncs only the stripes of the regions whose write-intent bit is set, else
+    the whole member is rebuilt onto the same device (rules: ``fusenas.volume.bitmap``)."""
+    members = vol.members
+    array = members.array
+    bitmap = array.write_intent
+    if array.states[member] != MemberState.FAULTY or array.devices[member] is None:
+        raise VolumeError(f"member {member} is not a returning member")
+    if not _usable_without(array, member):
+        raise VolumeError(f"cannot resync member {member}: too many other members are down")
+    if quick and bitmap is not None:
+        # One step, no await: every write the member missed set its bit before this point,
+        # and every write from now on reaches the member.
+        only = bitmap.dirty_stripe_ranges()
+        array.states[member] = MemberState.REBUILDING
+        log.warning(
+            "member %d is back: resyncing %d dirty regions of %d",
+            member,
+            len(bitmap.bits),
+            bitmap.regions,
+        )
+        return await rebuild_member(vol, member, workers=workers, progress=progress, only=only)
+    if bitmap is not None:
+        bitmap.set_tracked(member, None)
+    array.states[member] = MemberState.REBUILDING
+    if bitmap is not None:
+        await bitmap.write()
+    async with vol._sb_lock:
+        members.template = members.template.with_(recovery_offset=0)
+        await members.commit_superblocks(members.template.state)
+    log.warning("member %d is back: rebuilding it in full", member)
+    return await rebuild_member(vol, member, workers=workers, progress=progress)
 
 
 def member_size(vol: Volume) -> int:
@@ -220,6 +281,9 @@ async def attach_replacement(vol: Volume, member: int, dev: BlockDevice, path: P
     members.devices[member] = dev
     members.paths[member] = path
     members.member_uuids[member] = uuid.uuid4()
+    if array.write_intent is not None:
+        array.write_intent.set_tracked(member, None)  # not in sync until its rebuild ends
+        await array.write_intent.write()
     async with vol._sb_lock:
         members.template = members.template.with_(recovery_offset=0)
         await members.commit_superblocks(members.template.state)
@@ -267,9 +331,18 @@ async def replace(
         raise VolumeError(f"{new} is already a member")
     if new in current and new.exists() and provider is FILES:
         raise VolumeError(f"{new} still exists; remove it first or give another path")
-    dev = await _open_new(provider, new, member_size(vol))
-    await attach_replacement(vol, member, dev, new)
-    return await rebuild_member(vol, member, workers=workers, progress=progress)
+    mgr = vol.spare_manager
+    if mgr is not None and (mgr.rebuilding == member or member in mgr.busy):
+        raise VolumeError(f"member {member} is already being rebuilt")
+    if mgr is not None:
+        mgr.busy.add(member)  # online: the spare manager keeps its hands off this slot
+    try:
+        dev = await _open_new(provider, new, member_size(vol))
+        await attach_replacement(vol, member, dev, new)
+        return await rebuild_member(vol, member, workers=workers, progress=progress)
+    finally:
+        if mgr is not None:
+            mgr.busy.discard(member)
 
 
 def _usable_without(array: object, member: int) -> bool:
@@ -340,6 +413,8 @@ class SpareManager:
         self.vol = vol
         self.provider = provider
         self.rebuilding: int | None = None
+        #: Members an online ``replace`` is working on: left alone here.
+        self.busy: set[int] = set()
         self.progress: tuple[int, int] = (0, 0)
         self._wake = trio.Event()
         vol.failure_listeners.append(lambda member, reason: self._wake.set())
@@ -355,11 +430,16 @@ class SpareManager:
         vol = self.vol
         array = vol.members.array
         for i, state in enumerate(array.states):
-            if state == MemberState.REBUILDING:
+            if state == MemberState.REBUILDING and i not in self.busy:
                 await self._rebuild(i)
+        for i, quick in list(vol.returning.items()):
+            del vol.returning[i]
+            if not vol.readonly and array.states[i] == MemberState.FAULTY and i not in self.busy:
+                await self._rebuild(i, readd=quick)
         while not vol.readonly:
             failed = [i for i, s in enumerate(array.states) if s == MemberState.FAULTY]
             failed += [i for i, s in enumerate(array.states) if s == MemberState.MISSING]
+            failed = [i for i in failed if i not in self.busy]
             spares = load_spares(vol.voldir)
             if not failed or not spares:
                 return
@@ -379,14 +459,18 @@ class SpareManager:
             await attach_replacement(vol, member, dev, spare)
             await self._rebuild(member)
 
-    async def _rebuild(self, member: int) -> None:
+    async def _rebuild(self, member: int, *, readd: bool | None = None) -> None:
+        """Resume the rebuild of ``member``, or re-add it (``readd``: quick or full)."""
         self.rebuilding = member
 
         def progress(done: int, total: int) -> None:
             self.progress = (done, total)
 
         try:
-            await rebuild_member(self.vol, member, progress=progress)
+            if readd is None:
+                await rebuild_member(self.vol, member, progress=progress)
+            else:
+                await readd_member(self.vol, member, readd, progress=progress)
         except VolumeError as exc:
             log.error("rebuild of member %d stopped: %s", member, exc)
         finally:
