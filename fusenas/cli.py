@@ -87,20 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser(
         "scrub",
         help="verify checksums and parity of every stripe, repair",
-        description="Read every stripe of an unmounted volume, verify block checksums and "
-        "parity (or mirror copies), repair from redundancy. Exit 1 if anything is lost.",
+        description="Read every stripe of a volume, verify block checksums and parity (or "
+        "mirror copies), repair from redundancy. A mounted volume (MOUNTPOINT, or its "
+        "VOLUME-DIR) is scrubbed online by its daemon. Exit 1 if anything is lost.",
     )
-    sc.add_argument("voldir", type=Path, metavar="VOLUME-DIR")
-    sc.add_argument("--rate", type=_size, default=None, help="limit reads to SIZE per second")
+    sc.add_argument("voldir", type=Path, metavar="VOLUME-DIR|MOUNTPOINT")
+    sc.add_argument(
+        "--rate",
+        type=_size,
+        default=None,
+        help="limit reads to SIZE per second (online default 64M, offline unlimited)",
+    )
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
 
     rp = sub.add_parser(
         "replace",
         help="replace a member and rebuild it",
         description="Put NEW (created sparse if absent) in the slot of member OLD (an index "
-        "or its path) of an unmounted volume and rebuild it from the others.",
+        "or its path) and rebuild it from the others; online (by the daemon) when the "
+        "volume is mounted.",
     )
-    rp.add_argument("voldir", type=Path, metavar="VOLUME-DIR")
+    rp.add_argument("voldir", type=Path, metavar="VOLUME-DIR|MOUNTPOINT")
     rp.add_argument("old", metavar="OLD")
     rp.add_argument("new", type=Path, metavar="NEW")
     rp.add_argument("--workers", type=int, default=4, help="rebuild workers (4)")
@@ -135,13 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_status, args)
         if args.command == "fsck":
             return trio.run(_fsck, args)
-        if args.command == "scrub":
-            from fusenas.scrub import run_scrub
-
-            return trio.run(
-                lambda: run_scrub(args.voldir.absolute(), rate=args.rate, quiet=args.quiet)
-            )
-        if args.command in ("replace", "add-spare"):
+        if args.command in ("scrub", "replace"):
+            return trio.run(_scrub_or_replace, args)
+        if args.command == "add-spare":
             from fusenas.volume.rebuild import run_offline
 
             return trio.run(run_offline, args)
@@ -183,6 +186,40 @@ async def _status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print(render_status(report), end="")
+    return 0
+
+
+async def _scrub_or_replace(args: argparse.Namespace) -> int:
+    """Offline on an unmounted volume; online through the daemon's control socket."""
+    from fusenas.status import resolve_volume
+
+    voldir, mountpoint = resolve_volume(args.voldir.absolute())
+    if mountpoint is None:
+        args.voldir = voldir
+        if args.command == "scrub":
+            from fusenas.scrub import run_scrub
+
+            return await run_scrub(voldir, rate=args.rate, quiet=args.quiet)
+        from fusenas.volume.rebuild import run_offline
+
+        return await run_offline(args)
+    from fusenas.control import DEFAULT_SCRUB_RATE, run_job
+
+    if args.command == "scrub":
+        job = await run_job(voldir, "scrub", quiet=args.quiet, rate=args.rate or DEFAULT_SCRUB_RATE)
+    else:
+        new = args.new.absolute()
+        job = await run_job(
+            voldir, "replace", quiet=args.quiet, old=args.old, new=str(new), workers=args.workers
+        )
+    if job["state"] != "done":
+        print(f"fusenas {args.command}: {job['error']}", file=sys.stderr)
+        return 1
+    for p in (job["result"] or {}).get("problems", []):
+        print(f"fusenas {args.command}: {p}")
+    print(f"fusenas {args.command}: {job['summary']} (online, {mountpoint})")
+    if args.command == "scrub" and job["result"]["unrecoverable"]:
+        return 1
     return 0
 
 

@@ -6,7 +6,18 @@ Protocol (version 1): one connection, one request, one reply, each a single line
     ← {"ok": true, "version": 1, "result": {... the live status report, docs/status.md ...}}
     ← {"ok": false, "version": 1, "error": "unknown command 'x'"}
 
-Commands: ``status`` (the live report), ``ping`` (``{"pid": N}``). A request longer than
+Commands: ``status`` (the live report), ``ping`` (``{"pid": N}``); with a volume open
+read-write, :class:`Jobs` adds long operations that run in the daemon's nursery:
+
+    → {"cmd": "scrub", "rate": 67108864}               ← {"id": 3, "kind": "scrub"}
+    → {"cmd": "replace", "old": "1", "new": "/x.img"}  ← {"id": 4, "kind": "replace"}
+    → {"cmd": "jobs"}                                   ← {"scrub": {... a job ...}, ...}
+
+and ``status`` then carries ``"jobs"`` too. A job is ``{"id", "kind", "state": "running" |
+"done" | "failed", "started", "finished", "progress": {"done", "total"} (bytes), "summary",
+"result", "error"}``; one job of each kind at a time (a second is refused). The clients
+(``fusenas scrub|replace MOUNTPOINT``) poll ``status`` for the progress bar until their job
+is no longer running, then print its summary (:func:`run_job`). A request longer than
 64 KiB or not complete within 5 s is dropped.
 
 Access: the socket is created mode 0600 (chmod before ``listen``, so no connection is ever
@@ -30,6 +41,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +60,7 @@ _SUN_PATH_MAX = 107
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Command = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def socket_path(voldir: Path) -> Path:
@@ -151,11 +164,17 @@ def _error(msg: str) -> dict[str, Any]:
     return {"ok": False, "version": PROTOCOL_VERSION, "error": msg}
 
 
-def dispatcher(commands: dict[str, Callable[[], dict[str, Any]]]) -> Handler:
-    """A handler that runs ``commands[request["cmd"]]()``."""
+def dispatcher(
+    commands: dict[str, Callable[[], dict[str, Any]]],
+    with_request: dict[str, Command] | None = None,
+) -> Handler:
+    """A handler that runs ``commands[request["cmd"]]()``, or ``with_request[cmd](request)``
+    (those take precedence)."""
 
     def handle(request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
+        if isinstance(cmd, str) and with_request and cmd in with_request:
+            return with_request[cmd](request)
         fn = commands.get(cmd) if isinstance(cmd, str) else None
         if fn is None:
             raise KeyError(f"unknown command {cmd!r}")
@@ -168,8 +187,10 @@ class ControlError(FusenasError):
     """The daemon could not be asked (no socket, refused, denied) or answered an error."""
 
 
-async def request(voldir: Path, cmd: str, *, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
-    """Send ``{"cmd": cmd}`` to the daemon of ``voldir`` and return its ``result``."""
+async def request(
+    voldir: Path, cmd: str, *, timeout: float = REQUEST_TIMEOUT, **fields: Any
+) -> dict[str, Any]:
+    """Send ``{"cmd": cmd, **fields}`` to the daemon of ``voldir``; return its ``result``."""
     path = socket_path(voldir)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -180,7 +201,7 @@ async def request(voldir: Path, cmd: str, *, timeout: float = REQUEST_TIMEOUT) -
             except OSError as exc:
                 raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror}") from None
             stream = trio.SocketStream(sock)
-            await stream.send_all(json.dumps({"cmd": cmd}).encode() + b"\n")
+            await stream.send_all(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
             buf = bytearray()
             while True:
                 chunk = await stream.receive_some(1 << 16)
@@ -199,3 +220,193 @@ async def request(voldir: Path, cmd: str, *, timeout: float = REQUEST_TIMEOUT) -
         raise ControlError(f"the daemon refused: {reply.get('error')}")
     result: dict[str, Any] = reply["result"]
     return result
+
+
+# -- long operations in the daemon ----------------------------------------------------------
+
+#: Default rate limit of an online scrub, bytes per second of member reads.
+DEFAULT_SCRUB_RATE = 64 << 20
+#: ``INTEGRITY.progress`` key of each job kind.
+PROGRESS_KEY = {"scrub": "scrub", "replace": "rebuild"}
+
+
+class Jobs:
+    """Scrub and replace run by the daemon on request, in ``nursery`` (see the module doc).
+
+    A job's failure is reported in the job (``state: failed``), never raised into the
+    daemon's nursery: a scrub or rebuild that stops must not unmount the volume.
+    """
+
+    def __init__(self, vol: Any, nursery: trio.Nursery) -> None:
+        self.vol = vol
+        self.nursery = nursery
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._next = 1
+
+    def commands(self, status: Callable[[], dict[str, Any]]) -> dict[str, Command]:
+        return {
+            "status": lambda _req: {**status(), "jobs": self.report()},
+            "jobs": lambda _req: self.report(),
+            "scrub": self.start_scrub,
+            "replace": self.start_replace,
+        }
+
+    def report(self) -> dict[str, Any]:
+        from fusenas.metrics import INTEGRITY
+
+        out: dict[str, Any] = {}
+        for kind, job in self.jobs.items():
+            job = dict(job)
+            if job["state"] == "running":
+                done, total = INTEGRITY.progress.get(PROGRESS_KEY[kind], (0, 0))
+                job["progress"] = {"done": done, "total": total}
+            out[kind] = job
+        return out
+
+    def _new(self, kind: str) -> dict[str, Any]:
+        if self.vol.readonly:
+            raise KeyError(f"{kind} needs a read-write volume")
+        running = self.jobs.get(kind)
+        if running is not None and running["state"] == "running":
+            raise KeyError(f"a {kind} is already running (job {running['id']})")
+        job: dict[str, Any] = {
+            "id": self._next,
+            "kind": kind,
+            "state": "running",
+            "started": time.time(),
+            "finished": None,
+            "progress": {"done": 0, "total": 0},
+            "summary": None,
+            "result": None,
+            "error": None,
+        }
+        self._next += 1
+        self.jobs[kind] = job
+        return job
+
+    def start_scrub(self, req: dict[str, Any]) -> dict[str, Any]:
+        rate = req.get("rate", DEFAULT_SCRUB_RATE)
+        if rate is not None and (not isinstance(rate, int | float) or rate <= 0):
+            raise KeyError("rate must be a positive number of bytes per second")
+        job = self._new("scrub")
+        self.nursery.start_soon(self._run, job, self._scrub(job, rate), name="scrub")
+        return {"id": job["id"], "kind": "scrub"}
+
+    def start_replace(self, req: dict[str, Any]) -> dict[str, Any]:
+        old, new = req.get("old"), req.get("new")
+        if not isinstance(old, str) or not isinstance(new, str) or not new:
+            raise KeyError("replace needs 'old' (index or path) and 'new' (a path)")
+        workers = req.get("workers", 4)
+        if not isinstance(workers, int) or not 1 <= workers <= 64:
+            raise KeyError("workers must be 1..64")
+        from fusenas.volume.rebuild import resolve_member
+
+        try:
+            resolve_member(self.vol, old)
+        except FusenasError as exc:
+            raise KeyError(str(exc)) from None
+        job = self._new("replace")
+        self.nursery.start_soon(
+            self._run, job, self._replace(job, old, Path(new), workers), name="replace"
+        )
+        return {"id": job["id"], "kind": "replace"}
+
+    async def _run(self, job: dict[str, Any], body: Any) -> None:
+        from fusenas.metrics import INTEGRITY
+
+        INTEGRITY.progress[PROGRESS_KEY[job["kind"]]] = (0, 0)
+        try:
+            await body
+        except FusenasError as exc:
+            job.update(state="failed", error=str(exc))
+            log.error("%s failed: %s", job["kind"], exc)
+        except Exception as exc:  # reported in the job, the daemon goes on
+            log.exception("%s failed", job["kind"])
+            job.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            job["state"] = "done"
+        finally:
+            done, total = INTEGRITY.progress.get(PROGRESS_KEY[job["kind"]], (0, 0))
+            job["progress"] = {"done": done, "total": total}
+            job["finished"] = time.time()
+
+    async def _scrub(self, job: dict[str, Any], rate: float | None) -> None:
+        from fusenas.scrub import scrub_volume
+
+        log.info("online scrub started (rate %s)", rate)
+        report = await scrub_volume(self.vol, rate=rate, online=True)
+        job["summary"] = report.summary()
+        job["result"] = {
+            "stripes": report.stripes,
+            "bytes_checked": report.bytes_checked,
+            "blocks_checked": report.blocks_checked,
+            "checksum_mismatches": report.checksum_mismatches,
+            "parity_mismatches": report.parity_mismatches,
+            "repaired": report.repaired,
+            "unrecoverable": report.unrecoverable,
+            "problems": report.problems[:50],
+        }
+        log.info("online scrub: %s", job["summary"])
+
+    async def _replace(self, job: dict[str, Any], old: str, new: Path, workers: int) -> None:
+        from fusenas.volume.member import FILES
+        from fusenas.volume.rebuild import replace
+
+        mgr = self.vol.spare_manager
+        provider = mgr.provider if mgr is not None else FILES
+        stats = await replace(self.vol, old, new, provider=provider, workers=workers)
+        job["summary"] = (
+            f"rebuilt {stats.bytes} bytes per member in {stats.seconds:.1f} s "
+            f"({stats.mb_per_s:.1f} MB/s, {stats.steals} steals)"
+        )
+        job["result"] = {
+            "stripes": stats.stripes,
+            "bytes": stats.bytes,
+            "seconds": stats.seconds,
+            "mb_per_s": stats.mb_per_s,
+            "steals": stats.steals,
+        }
+
+
+async def run_job(
+    voldir: Path, kind: str, *, quiet: bool = False, poll: float = 0.5, **fields: Any
+) -> dict[str, Any]:
+    """Client side: start job ``kind`` in the daemon of ``voldir``, show a progress bar fed
+    by ``status`` (``integrity.progress``) until the job is no longer running, and return the
+    final job. ``ControlError`` if the daemon refuses or cannot be reached."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    started = await request(voldir, kind, **fields)
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(kind, total=None)
+        while True:
+            status = await request(voldir, "status")
+            job = status.get("jobs", {}).get(kind)
+            if job is None or job["id"] != started["id"]:
+                raise ControlError(f"the daemon lost track of the {kind} job")
+            prog = status.get("integrity", {}).get("progress", {}).get(PROGRESS_KEY[kind])
+            if job["state"] == "running" and prog and prog["total"]:
+                bar.update(task, completed=prog["done"], total=prog["total"])
+            if job["state"] != "running":
+                p = job["progress"]
+                if p["total"]:
+                    bar.update(task, completed=p["done"], total=p["total"])
+                final: dict[str, Any] = job
+                return final
+            await trio.sleep(poll)

@@ -54,6 +54,7 @@ from fusenas.wal.log import BATCH_BUCKETS
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
+    from fusenas import control
     from fusenas.filesystem import Volume
     from fusenas.volume.device import BlockDevice, DeviceProvider
 
@@ -674,12 +675,18 @@ class Monitor:
                 server.close()
             control.unlink(self.voldir)
 
-    def start(self, nursery: trio.Nursery, listener: trio.SocketListener) -> None:
-        """Serve the control socket and watch health in ``nursery`` (until it is cancelled)."""
+    def start(
+        self,
+        nursery: trio.Nursery,
+        listener: trio.SocketListener,
+        commands: dict[str, control.Command] | None = None,
+    ) -> None:
+        """Serve the control socket and watch health in ``nursery`` (until it is cancelled).
+        ``commands``: more control commands (``control.Jobs``), taking the request."""
         from fusenas import control
 
         handler = control.dispatcher(
-            {"status": self.status_report, "ping": lambda: {"pid": os.getpid()}}
+            {"status": self.status_report, "ping": lambda: {"pid": os.getpid()}}, commands
         )
         nursery.start_soon(control.serve, listener, handler)
         nursery.start_soon(self.watch)

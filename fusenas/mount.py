@@ -400,6 +400,7 @@ def _run(voldir: Path, mnt: Path, opts: MountOptions, *, ready_fd: int | None) -
 async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, int | None]) -> int:
     import pyfuse3
 
+    from fusenas.control import Jobs
     from fusenas.filesystem import open_volume
     from fusenas.fs.operations import FusenasOperations
     from fusenas.metrics import Monitor
@@ -428,7 +429,10 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_on_signals)
                     nursery.start_soon(_announce, mnt, state)
-                    monitor.start(nursery, control)
+                    jobs = None if opts.readonly else Jobs(vol, nursery)
+                    monitor.start(
+                        nursery, control, jobs.commands(monitor.status_report) if jobs else None
+                    )
                     await pyfuse3.main()
                     nursery.cancel_scope.cancel()
             finally:
