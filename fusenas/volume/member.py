@@ -12,7 +12,8 @@ Invariants
   ``trio.to_thread.run_sync(..., abandon_on_cancel=True)`` under this member's
   ``CapacityLimiter`` (4 threads unless the caller shares one), so one slow disk ties up at
   most its own threads. Plain ``write`` calls are batched instead (below): at most one worker
-  thread per device writes them, outside the limiter.
+  thread per device writes them, outside the limiter. Reads try the page cache first with
+  ``RWF_NOWAIT``, which cannot wait for the disk ("Cached reads").
 * A block device is opened with ``O_EXCL``: Linux then refuses it while it is mounted, part of
   an md array or opened exclusively by anyone else, and keeps others out while we hold it.
 * The file descriptor is closed only when no worker thread is using it (see ``aclose``). An
@@ -32,6 +33,16 @@ never fails another); each caller waits for its own request only. Writes in one 
 issued in queue order, so concurrent overlapping writes land as if issued one after the other
 (no order between concurrent writes is promised anyway). ``write_many`` writes a list (and
 optionally ``fdatasync``s) in one hand-off: the WAL's commit path.
+
+Cached reads
+------------
+A read of at most 256 KiB first tries ``preadv(..., RWF_NOWAIT)`` on the event loop: the
+kernel serves it from the page cache or fails with ``EAGAIN`` at once, never waiting for the
+disk, so the "no blocking call on the event loop" rule holds. Only a miss (or a partial hit)
+pays the thread hand-off, which costs far more than a page-cache copy. Recently written member
+data (read-modify-write reads, reads of fresh files) is usually cached. A device that refuses
+the flag (``EOPNOTSUPP``/``EINVAL``) always uses a thread from then on. While every thread
+slot of the member is taken, reads queue for a slot as before (FIFO, no overtaking).
 
 Cancellation
 ------------
@@ -121,6 +132,11 @@ class _SharedFd:
         if close_now:
             os.close(self._fd)
 
+
+#: ``preadv2`` flag: fail with EAGAIN instead of waiting for the disk (0: not available).
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+#: Larger reads always go to a worker thread (a copy that long would stall the event loop).
+_MAX_CACHED_READ = 256 << 10
 
 #: At most this many queued writes go into one ``pwritev`` (well under ``IOV_MAX``).
 _MAX_IOV = 64
@@ -287,6 +303,8 @@ class FileDevice:
         self._readonly = readonly
         self._limiter = limiter
         self._queue: list[_WriteRequest] = []
+        #: Try ``RWF_NOWAIT`` reads on the event loop first (see "Cached reads").
+        self._nowait = _RWF_NOWAIT != 0
         self._batch_running = False
         self._submit_scheduled = False
 
@@ -386,6 +404,12 @@ class FileDevice:
         self._check_range("read", offset, length)
         if length == 0:
             return b""
+        if self._nowait and length <= _MAX_CACHED_READ and self._limiter.available_tokens:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            cached = self._read_cached(offset, length)
+            if cached is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point
+                return cached
         is_block = self._is_block_device
         name = self._name
 
@@ -407,6 +431,26 @@ class FileDevice:
             return bytes(buf)
 
         return await self._run(do_read)
+
+    def _read_cached(self, offset: int, length: int) -> bytes | None:
+        """The bytes if the page cache holds all of them (``preadv`` with ``RWF_NOWAIT``,
+        which never waits for the disk), else None. Runs on the event loop."""
+        try:
+            fd = self._fd.acquire()
+        except OSError:
+            return None  # closing: the thread path reports it
+        try:
+            buf = bytearray(length)
+            n = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None  # not (all) cached
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self._nowait = False  # not supported here: always use a thread
+            return None  # a real error: the thread path raises it
+        finally:
+            self._fd.release()
+        return bytes(buf) if n == length else None
 
     async def write(self, offset: int, data: ByteData) -> None:
         """Write all of ``data`` at ``offset`` (not durable until ``flush``).

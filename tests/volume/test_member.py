@@ -260,6 +260,7 @@ async def test_cancel_abandons_thread_and_aclose_waits_for_it(
 ) -> None:
     g = gated_pread
     dev = await make(tmp_path)
+    dev._nowait = False  # a hole is "cached": force the (gated) thread path under test
     fd = dev._fd._fd
     with trio.fail_after(5):
         with trio.CancelScope() as scope:
@@ -322,3 +323,18 @@ async def test_loop_device(loop_device: str) -> None:
             await FileDevice.open(loop_device)
     finally:
         await dev.aclose()
+
+
+async def test_cached_read_serves_page_cache_and_falls_back(tmp_path: Path) -> None:
+    """A read the page cache holds is served on the event loop (RWF_NOWAIT); the rest, and
+    reads past the end of a sparse file, go through a thread with the same bytes."""
+    dev = await make(tmp_path)
+    payload = os.urandom(3 * 4096 + 100)
+    await dev.write(8192, payload)
+    if dev._nowait:
+        assert dev._read_cached(8192, len(payload)) == payload
+    assert await dev.read(8192, len(payload)) == payload
+    dev._nowait = False
+    assert await dev.read(8192, len(payload)) == payload
+    assert await dev.read(dev.size - 4096, 4096) == bytes(4096)
+    await dev.aclose()
