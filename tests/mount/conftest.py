@@ -11,6 +11,7 @@ so tests can act as an unprivileged user through ``setpriv``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -168,3 +169,20 @@ def mnt(mounted: Mount) -> Path:
 
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def wait_released(voldir: Path, timeout: float = 30.0) -> None:
+    """Wait until the daemon has closed the volume (it holds the lock until it exits)."""
+    fd = os.open(voldir / "fusenas.lock", os.O_RDWR)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the daemon still holds the volume"
+                time.sleep(0.05)
+    finally:
+        os.close(fd)

@@ -6,7 +6,6 @@ elsewhere (or, for a non-root user, HOME does).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.conftest import FUSENAS, requires_root
+from tests.mount.conftest import FUSENAS, requires_root, wait_released
 
 pytestmark = [pytest.mark.mount, requires_root]
 
@@ -51,22 +50,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def ismount(p: Path) -> bool:
     return any(line.split()[1] == str(p) for line in Path("/proc/mounts").read_text().splitlines())
-
-
-def wait_released(voldir: Path, timeout: float = 30.0) -> None:
-    fd = os.open(voldir / "fusenas.lock", os.O_RDONLY)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "the daemon still holds the volume"
-                time.sleep(0.05)
-    finally:
-        os.close(fd)
 
 
 def unmount(mnt: Path, user: list[str] | None = None) -> None:

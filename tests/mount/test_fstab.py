@@ -10,7 +10,6 @@ with ``mount --fstab FILE MNT``: the real /etc/fstab is never touched.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.conftest import mkfs, requires_root
+from tests.mount.conftest import mkfs, requires_root, wait_released
 
 pytestmark = [pytest.mark.mount, requires_root]
 
@@ -51,23 +50,6 @@ def mounts_line(mnt: Path) -> str | None:
         if line.split()[1] == str(mnt):
             return line
     return None
-
-
-def wait_released(voldir: Path, timeout: float = 30.0) -> None:
-    """Wait until the daemon has closed the volume (it holds the lock until it exits)."""
-    fd = os.open(voldir / "fusenas.lock", os.O_RDWR)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "the daemon still holds the volume"
-                time.sleep(0.05)
-    finally:
-        os.close(fd)
 
 
 def readme_fstab_line() -> str:

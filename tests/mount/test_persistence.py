@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.conftest import FUSENAS, Mounter, mkfs, run_fusenas
+from tests.mount.conftest import FUSENAS, Mounter, mkfs, run_fusenas, wait_released
 
 pytestmark = pytest.mark.mount
 
@@ -151,19 +150,7 @@ def test_background_mount_returns_when_ready(volume: Path, mounter: Mounter) -> 
         (mnt / "f").write_bytes(b"x")
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
-    # The daemon releases the volume lock when it has closed the volume.
-    fd = os.open(volume / "fusenas.lock", os.O_RDWR)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "daemon still holds the volume"
-                time.sleep(0.05)
-    finally:
-        os.close(fd)
+    wait_released(volume)  # the daemon releases the volume lock when it has closed it
     assert "closed cleanly" in (volume / "fusenas.log").read_text()
 
 
