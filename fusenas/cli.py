@@ -116,10 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "add-spare",
         help="add a hot spare",
-        description="Make PATH (created sparse if absent) a hot spare of an unmounted volume: "
-        "it takes over the first member that fails while the volume is mounted.",
+        description="Make PATH (created sparse if absent) a hot spare of a volume: it takes "
+        "over the first member that fails while the volume is mounted (at once if one is "
+        "down already). Online (by the daemon) when the volume is mounted.",
     )
-    sp.add_argument("voldir", type=Path, metavar="VOLUME-DIR")
+    sp.add_argument("voldir", type=Path, metavar="VOLUME-DIR|MOUNTPOINT")
     sp.add_argument("path", type=Path, metavar="PATH")
     return p
 
@@ -142,12 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_status, args)
         if args.command == "fsck":
             return trio.run(_fsck, args)
-        if args.command in ("scrub", "replace"):
-            return trio.run(_scrub_or_replace, args)
-        if args.command == "add-spare":
-            from fusenas.volume.rebuild import run_offline
-
-            return trio.run(run_offline, args)
+        if args.command in ("scrub", "replace", "add-spare"):
+            return trio.run(_online_or_offline, args)
     except FusenasError as exc:
         print(f"fusenas {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -189,8 +186,9 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _scrub_or_replace(args: argparse.Namespace) -> int:
-    """Offline on an unmounted volume; online through the daemon's control socket."""
+async def _online_or_offline(args: argparse.Namespace) -> int:
+    """scrub, replace, add-spare: offline on an unmounted volume; online through the
+    daemon's control socket."""
     from fusenas.status import resolve_volume
 
     voldir, mountpoint = resolve_volume(args.voldir.absolute())
@@ -207,6 +205,10 @@ async def _scrub_or_replace(args: argparse.Namespace) -> int:
 
     if args.command == "scrub":
         job = await run_job(voldir, "scrub", quiet=args.quiet, rate=args.rate or DEFAULT_SCRUB_RATE)
+    elif args.command == "add-spare":
+        job = await run_job(
+            voldir, "add-spare", quiet=True, poll=0.1, path=str(args.path.absolute())
+        )
     else:
         new = args.new.absolute()
         job = await run_job(

@@ -11,14 +11,17 @@ read-write, :class:`Jobs` adds long operations that run in the daemon's nursery:
 
     → {"cmd": "scrub", "rate": 67108864}               ← {"id": 3, "kind": "scrub"}
     → {"cmd": "replace", "old": "1", "new": "/x.img"}  ← {"id": 4, "kind": "replace"}
+    → {"cmd": "add-spare", "path": "/s.img"}           ← {"id": 5, "kind": "add-spare"}
     → {"cmd": "jobs"}                                   ← {"scrub": {... a job ...}, ...}
 
-and ``status`` then carries ``"jobs"`` too. A job is ``{"id", "kind", "state": "running" |
-"done" | "failed", "started", "finished", "progress": {"done", "total"} (bytes), "summary",
-"result", "error"}``; one job of each kind at a time (a second is refused). The clients
-(``fusenas scrub|replace MOUNTPOINT``) poll ``status`` for the progress bar until their job
-is no longer running, then print its summary (:func:`run_job`). A request longer than
-64 KiB or not complete within 5 s is dropped.
+and ``status`` then carries ``"jobs"`` and ``"spares"`` (the paths listed in
+``VOLUME-DIR/spares``) too. A job is ``{"id", "kind", "state": "running" | "done" |
+"failed", "started", "finished", "progress": {"done", "total"} (bytes), "summary", "result",
+"error"}``; one job of each kind at a time (a second is refused). The clients (``fusenas
+scrub|replace|add-spare MOUNTPOINT``) poll ``status`` for the progress bar until their job
+is no longer running, then print its summary (:func:`run_job`). ``add-spare`` runs the same
+``rebuild.add_spare`` as the offline command, which also wakes the spare manager; it has no
+progress. A request longer than 64 KiB or not complete within 5 s is dropped.
 
 Access: the socket is created mode 0600 (chmod before ``listen``, so no connection is ever
 accepted at a wider mode) and owned by the user who mounted, i.e. root for a root mount; the
@@ -227,11 +230,11 @@ async def request(
 #: Default rate limit of an online scrub, bytes per second of member reads.
 DEFAULT_SCRUB_RATE = 64 << 20
 #: ``INTEGRITY.progress`` key of each job kind.
-PROGRESS_KEY = {"scrub": "scrub", "replace": "rebuild"}
+PROGRESS_KEY = {"scrub": "scrub", "replace": "rebuild"}  # add-spare: none
 
 
 class Jobs:
-    """Scrub and replace run by the daemon on request, in ``nursery`` (see the module doc).
+    """Scrub, replace and add-spare run by the daemon on request, in ``nursery`` (module doc).
 
     A job's failure is reported in the job (``state: failed``), never raised into the
     daemon's nursery: a scrub or rebuild that stops must not unmount the volume.
@@ -245,11 +248,17 @@ class Jobs:
 
     def commands(self, status: Callable[[], dict[str, Any]]) -> dict[str, Command]:
         return {
-            "status": lambda _req: {**status(), "jobs": self.report()},
+            "status": lambda _req: {**status(), "jobs": self.report(), "spares": self.spares()},
             "jobs": lambda _req: self.report(),
             "scrub": self.start_scrub,
             "replace": self.start_replace,
+            "add-spare": self.start_add_spare,
         }
+
+    def spares(self) -> list[str]:
+        from fusenas.volume.rebuild import load_spares
+
+        return [str(p) for p in load_spares(self.vol.voldir)]
 
     def report(self) -> dict[str, Any]:
         from fusenas.metrics import INTEGRITY
@@ -257,7 +266,7 @@ class Jobs:
         out: dict[str, Any] = {}
         for kind, job in self.jobs.items():
             job = dict(job)
-            if job["state"] == "running":
+            if job["state"] == "running" and kind in PROGRESS_KEY:
                 done, total = INTEGRITY.progress.get(PROGRESS_KEY[kind], (0, 0))
                 job["progress"] = {"done": done, "total": total}
             out[kind] = job
@@ -311,10 +320,26 @@ class Jobs:
         )
         return {"id": job["id"], "kind": "replace"}
 
+    def start_add_spare(self, req: dict[str, Any]) -> dict[str, Any]:
+        path = req.get("path")
+        if not isinstance(path, str) or not path:
+            raise KeyError("add-spare needs 'path'")
+        from fusenas.volume.rebuild import check_spare
+
+        try:
+            check_spare(self.vol, Path(path))
+        except FusenasError as exc:
+            raise KeyError(str(exc)) from None
+        job = self._new("add-spare")
+        self.nursery.start_soon(self._run, job, self._add_spare(job, Path(path)), name="add-spare")
+        return {"id": job["id"], "kind": "add-spare"}
+
     async def _run(self, job: dict[str, Any], body: Any) -> None:
         from fusenas.metrics import INTEGRITY
 
-        INTEGRITY.progress[PROGRESS_KEY[job["kind"]]] = (0, 0)
+        key = PROGRESS_KEY.get(job["kind"])
+        if key is not None:
+            INTEGRITY.progress[key] = (0, 0)
         try:
             await body
         except FusenasError as exc:
@@ -326,8 +351,9 @@ class Jobs:
         else:
             job["state"] = "done"
         finally:
-            done, total = INTEGRITY.progress.get(PROGRESS_KEY[job["kind"]], (0, 0))
-            job["progress"] = {"done": done, "total": total}
+            if key is not None:
+                done, total = INTEGRITY.progress.get(key, (0, 0))
+                job["progress"] = {"done": done, "total": total}
             job["finished"] = time.time()
 
     async def _scrub(self, job: dict[str, Any], rate: float | None) -> None:
@@ -367,6 +393,13 @@ class Jobs:
             "steals": stats.steals,
         }
 
+    async def _add_spare(self, job: dict[str, Any], path: Path) -> None:
+        from fusenas.volume.rebuild import add_spare
+
+        path = await add_spare(self.vol, path)
+        job["summary"] = f"{path} is a spare of {self.vol.voldir}"
+        job["result"] = {"path": str(path)}
+
 
 async def run_job(
     voldir: Path, kind: str, *, quiet: bool = False, poll: float = 0.5, **fields: Any
@@ -400,7 +433,8 @@ async def run_job(
             job = status.get("jobs", {}).get(kind)
             if job is None or job["id"] != started["id"]:
                 raise ControlError(f"the daemon lost track of the {kind} job")
-            prog = status.get("integrity", {}).get("progress", {}).get(PROGRESS_KEY[kind])
+            key = PROGRESS_KEY.get(kind)
+            prog = status.get("integrity", {}).get("progress", {}).get(key) if key else None
             if job["state"] == "running" and prog and prog["total"]:
                 bar.update(task, completed=prog["done"], total=prog["total"])
             if job["state"] != "running":

@@ -30,7 +30,9 @@ Spares
     a superblock of this array with ``member_index = SPARE_INDEX``. When a member fails in a
     read-write open volume, ``SpareManager`` attaches the first spare in its slot, records the
     change (superblocks: ``REBUILDING``, recovery offset 0; ``fusenas.toml``: the new member
-    path; ``spares``: one fewer) and rebuilds online.
+    path; ``spares``: one fewer) and rebuilds online. ``add_spare`` serves both the offline
+    ``fusenas add-spare`` and the daemon's ``add-spare`` control command; online it wakes the
+    spare manager, which re-reads the list at every look.
 
 Cancellation: cancelling a rebuild leaves the member ``REBUILDING`` with the last recorded
 prefix; nothing else to undo.
@@ -385,21 +387,44 @@ def save_spares(voldir: Path, spares: list[Path]) -> None:
     tmp.replace(spares_path(voldir))
 
 
-async def add_spare(vol: Volume, path: Path, *, provider: DeviceProvider = FILES) -> None:
-    """``fusenas add-spare``: write a spare superblock on ``path`` (created sparse if absent)
-    and list it in ``VOLUME-DIR/spares``."""
+def check_spare(vol: Volume, path: Path) -> Path:
+    """``path`` made absolute; ``VolumeError`` if it is already a member or a spare."""
     path = path.absolute()
     if path in load_spares(vol.voldir) or path in [
         p.absolute() for p in vol.config.member_paths(vol.voldir)
     ]:
         raise VolumeError(f"{path} is already part of {vol.voldir}")
+    return path
+
+
+async def add_spare(vol: Volume, path: Path, *, provider: DeviceProvider | None = None) -> Path:
+    """``fusenas add-spare``, offline and online (the daemon's ``add-spare`` command): write
+    a spare superblock on ``path`` (created sparse if absent), list it in
+    ``VOLUME-DIR/spares`` and wake the running spare manager, if any, so a member that is
+    already down is replaced at once. ``provider``: default the spare manager's (online),
+    else plain files. Returns the absolute path."""
+    path = check_spare(vol, path)
+    mgr = vol.spare_manager
+    if provider is None:
+        provider = mgr.provider if mgr is not None else FILES
     dev = await _open_new(provider, path, member_size(vol))
     try:
         sb = vol.members.template.with_(member_index=SPARE_INDEX, member_uuid=uuid.uuid4())
         await write_superblock(dev, sb)
     finally:
         await dev.aclose()
+    check_spare(vol, path)  # again: no await from here on, so no one adds it meanwhile
     save_spares(vol.voldir, [*load_spares(vol.voldir), path])
+    log.info("%s is a spare of %s", path, vol.voldir)
+    if mgr is not None:
+        mgr.wake()
+    return path
+
+
+def _drop_spare(voldir: Path, spare: Path) -> None:
+    """Take ``spare`` off the list, re-read now: a spare added meanwhile (online
+    ``add-spare``, during an await above) is kept."""
+    save_spares(voldir, [p for p in load_spares(voldir) if p != spare])
 
 
 class SpareManager:
@@ -418,6 +443,10 @@ class SpareManager:
         self.progress: tuple[int, int] = (0, 0)
         self._wake = trio.Event()
         vol.failure_listeners.append(lambda member, reason: self._wake.set())
+
+    def wake(self) -> None:
+        """Look again now (a member failed, a spare was added)."""
+        self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -452,9 +481,9 @@ class SpareManager:
                     raise VolumeError(f"{spare} is not a spare of this array")
             except VolumeError as exc:
                 log.error("spare %s unusable: %s", spare, exc)
-                save_spares(vol.voldir, spares[1:])
+                _drop_spare(vol.voldir, spare)
                 continue
-            save_spares(vol.voldir, spares[1:])
+            _drop_spare(vol.voldir, spare)
             log.warning("member %d failed: spare %s takes over", member, spare)
             await attach_replacement(vol, member, dev, spare)
             await self._rebuild(member)
@@ -510,8 +539,7 @@ async def _offline_body(vol: Volume, args: object, command: str, console: Consol
 
     voldir = vol.voldir
     if command == "add-spare":
-        path = Path(getattr(args, "path")).absolute()  # noqa: B009
-        await add_spare(vol, path)
+        path = await add_spare(vol, Path(getattr(args, "path")))  # noqa: B009
         print(f"fusenas add-spare: {path} is a spare of {voldir}")
         return 0
     with Progress(

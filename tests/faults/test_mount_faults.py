@@ -1,15 +1,19 @@
-"""Real mounts with faults: a member failing under load (``-o inject``), bit rot on a member
-file while mounted, a member file deleted while mounted then replaced, a degraded mount, and
-RAID5 with two members missing refused. Each ends with the data equal to the model and
-``fusenas fsck`` clean."""
+"""Real mounts with faults: a member failing under load (``-o inject``), a member hanging
+under a writer and a reader (failed at its deadline), bit rot on a member file while mounted,
+a member file deleted while mounted then replaced, a hot spare added online taking over a
+failing member, a degraded mount, and RAID5 with two members missing refused. Each ends with
+the data equal to the model and ``fusenas fsck`` clean."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +45,84 @@ def check_model(mnt: Path, model: dict[str, bytes]) -> None:
 def fsck_clean(voldir: Path) -> None:
     r = run_fusenas("fsck", str(voldir))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+class Writer(threading.Thread):
+    """Writes and fsyncs small files into the mount until stopped; ``model`` holds them."""
+
+    def __init__(self, mnt: Path, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.mnt = mnt
+        self.rng = random.Random(seed)
+        self.model: dict[str, bytes] = {}
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.seed = seed
+
+    def run(self) -> None:
+        i = 0
+        try:
+            while not self.stop.is_set():
+                name = f"w{self.seed}-{i % 40}"
+                data = self.rng.randbytes(self.rng.choice([3000, 40_000, 200_000]))
+                with open(self.mnt / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self.model[name] = data
+                i += 1
+                time.sleep(0.01)
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self) -> dict[str, bytes]:
+        self.stop.set()
+        self.join(60)
+        assert not self.is_alive()
+        assert self.error is None, self.error
+        assert len(self.model) >= 3
+        return self.model
+
+
+class Reader(threading.Thread):
+    """Reads the files of ``model`` back until stopped, dropping the kernel's caches now and
+    then so reads reach the daemon; a mismatch or an error is reported by ``finish``."""
+
+    def __init__(self, mnt: Path, model: dict[str, bytes]) -> None:
+        super().__init__(daemon=True)
+        self.mnt = mnt
+        self.model = dict(model)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.reads = 0
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                for name, data in self.model.items():
+                    got = (self.mnt / name).read_bytes()
+                    assert got == data, f"{name}: {len(got)} bytes differ from the model"
+                    self.reads += 1
+                if self.reads % 3 == 0:
+                    with open("/proc/sys/vm/drop_caches", "w") as f:
+                        f.write("1\n")
+                time.sleep(0.02)
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(60)
+        assert not self.is_alive()
+        assert self.error is None, self.error
+        assert self.reads > 0
+
+
+def live_status(mnt: Path) -> dict[str, Any]:
+    r = run_fusenas("status", str(mnt), "--json")
+    assert r.returncode == 0, r.stderr
+    report: dict[str, Any] = json.loads(r.stdout)
+    return report
 
 
 def test_member_fails_under_load_then_replace(tmp_path: Path, mounter: Mounter) -> None:
@@ -162,3 +244,76 @@ def test_raid5_two_members_missing_is_refused_and_nothing_written(
     assert len(r.stderr.strip().splitlines()) == 1
     assert not os.path.ismount(mnt)
     assert digest() == before
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("level", "members"), [("raid5", 4), ("raid6", 5)], ids=["5-4", "6-5"])
+def test_member_hangs_under_load_and_is_failed_at_its_deadline(
+    tmp_path: Path, mounter: Mounter, level: str, members: int
+) -> None:
+    voldir = mkfs(tmp_path / "vol", level, members)
+    m = mounter.mount(voldir, None, "-o", "inject=member:2:hang_after:300,io_timeout=2")
+    model = write_model(m.mnt, 21)
+    writer = Writer(m.mnt, 4)
+    reader = Reader(m.mnt, model)
+    writer.start()
+    reader.start()
+    deadline = time.monotonic() + 90  # the cache writes in place by age: then member 2 hangs
+    while (report := live_status(m.mnt))["members"][2]["state"] != "faulty":
+        assert time.monotonic() < deadline, report["members"]
+        assert writer.is_alive() and reader.is_alive(), (writer.error, reader.error, m.log())
+        time.sleep(0.5)
+    assert report["degraded"], report
+    time.sleep(3)  # the workload goes on, degraded, past another deadline or two
+    model |= write_model(m.mnt, 22, count=3)
+    model |= writer.finish()  # every request completed (the writer fsyncs each file)
+    reader.finish()
+    check_model(m.mnt, model)
+    t0 = time.monotonic()
+    assert mounter.unmount(m) == 0, m.log()  # the hung I/O was abandoned: no wait on it
+    assert time.monotonic() - t0 < 20, m.log()
+    assert "I/O deadline exceeded" in m.log(), m.log()
+    fsck_clean(voldir)
+    m = mounter.mount(voldir)  # the failure is recorded: a degraded mount without member 2
+    check_model(m.mnt, model)
+    assert live_status(m.mnt)["members"][2]["state"] != "active"
+    assert mounter.unmount(m) == 0, m.log()
+
+
+@pytest.mark.timeout(300)
+def test_spare_added_online_takes_over_a_failing_member(tmp_path: Path, mounter: Mounter) -> None:
+    voldir = mkfs(tmp_path / "vol")
+    m = mounter.mount(voldir, None, "-o", "inject=member:1:fail_after:400")
+    spare = voldir / "spare.img"
+    r = run_fusenas("add-spare", str(m.mnt), str(spare))
+    assert r.returncode == 0, r.stdout + r.stderr + m.log()
+    assert "(online" in r.stdout and "is a spare" in r.stdout, r.stdout
+    report = live_status(m.mnt)
+    assert report["spares"] == [str(spare)], report
+    assert not report["degraded"], report["members"]  # nothing failed yet
+    assert "spare.img(S)" in run_fusenas("status", str(m.mnt)).stdout
+    r = run_fusenas("add-spare", str(m.mnt), str(spare))  # twice: refused, one line
+    assert r.returncode == 1 and "already part of" in r.stderr, r.stdout + r.stderr
+    model = write_model(m.mnt, 31)
+    writer = Writer(m.mnt, 5)
+    writer.start()
+    # Member 1 dies once the cache writes in place; the spare takes its slot and is rebuilt.
+    deadline = time.monotonic() + 120
+    while (report := live_status(m.mnt))["members"][1]["path"] != str(spare) or report["degraded"]:
+        assert time.monotonic() < deadline, (report["members"], m.log())
+        assert writer.is_alive(), writer.error
+        time.sleep(0.5)
+    assert report["spares"] == [], report
+    model |= write_model(m.mnt, 32, count=2)
+    model |= writer.finish()
+    check_model(m.mnt, model)
+    log = m.log()
+    assert "member 1 failed: spare" in log and "member 1 rebuilt" in log, log
+    assert mounter.unmount(m) == 0, m.log()
+    fsck_clean(voldir)
+    report = json.loads(run_fusenas("status", str(voldir), "--json").stdout)
+    assert not report["degraded"] and report["members"][1]["path"] == str(spare), report
+    (voldir / "member-0.img").rename(voldir / "away.img")  # the rebuilt spare now serves
+    m = mounter.mount(voldir)
+    check_model(m.mnt, model)
+    assert mounter.unmount(m) == 0, m.log()

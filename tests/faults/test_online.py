@@ -9,54 +9,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from fusenas.volume.superblock import DATA_OFFSET
-from tests.faults.test_mount_faults import check_model, fsck_clean, write_model
+from tests.faults.test_mount_faults import Writer, check_model, fsck_clean, write_model
 from tests.mount.conftest import Mounter, mkfs, run_fusenas
 
 pytestmark = pytest.mark.mount
-
-
-class Writer(threading.Thread):
-    """Writes and fsyncs small files into the mount until stopped; ``model`` holds them."""
-
-    def __init__(self, mnt: Path, seed: int) -> None:
-        super().__init__(daemon=True)
-        self.mnt = mnt
-        self.rng = random.Random(seed)
-        self.model: dict[str, bytes] = {}
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.seed = seed
-
-    def run(self) -> None:
-        i = 0
-        try:
-            while not self.stop.is_set():
-                name = f"w{self.seed}-{i % 40}"
-                data = self.rng.randbytes(self.rng.choice([3000, 40_000, 200_000]))
-                with open(self.mnt / name, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                self.model[name] = data
-                i += 1
-                time.sleep(0.01)
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self) -> dict[str, bytes]:
-        self.stop.set()
-        self.join(60)
-        assert not self.is_alive()
-        assert self.error is None, self.error
-        assert len(self.model) >= 3
-        return self.model
 
 
 def rot_blocks_on_member0(voldir: Path, data: bytes) -> int:
