@@ -408,25 +408,12 @@ async def run_job(
     by ``status`` (``integrity.progress``) until the job is no longer running, and return the
     final job. ``ControlError`` if the daemon refuses or cannot be reached."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+
+    from fusenas.progress import byte_progress
 
     started = await request(voldir, kind, **fields)
     console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
-    ) as bar:
+    with byte_progress(console, quiet=quiet) as bar:
         task = bar.add_task(kind, total=None)
         while True:
             status = await request(voldir, "status")

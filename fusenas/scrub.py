@@ -209,13 +209,8 @@ async def _check_row(vol: Volume, s: int, report: ScrubReport) -> None:
 async def run_scrub(voldir: Path, *, rate: float | None = None, quiet: bool = False) -> int:
     """The ``fusenas scrub`` command on an unmounted volume: progress bar, summary, status."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+
+    from fusenas.progress import byte_progress
 
     fd = lock_volume(voldir)
     console = Console(stderr=True)
@@ -223,15 +218,7 @@ async def run_scrub(voldir: Path, *, rate: float | None = None, quiet: bool = Fa
         async with open_volume(voldir, checkpointer=False) as vol:
             for note in vol.notes:
                 print(f"fusenas scrub: {note}")
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                disable=quiet or not console.is_terminal,
-            ) as bar:
+            with byte_progress(console, quiet=quiet) as bar:
                 task = bar.add_task("scrub", total=None)
 
                 def progress(done: int, total: int) -> None:

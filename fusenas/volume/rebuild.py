@@ -535,25 +535,19 @@ async def run_offline(args: object) -> int:
 
 
 async def _offline_body(vol: Volume, args: object, command: str, console: Console) -> int:
-    from rich.progress import BarColumn, Progress, TimeRemainingColumn
+    from fusenas.progress import byte_progress
 
     voldir = vol.voldir
     if command == "add-spare":
         path = await add_spare(vol, Path(getattr(args, "path")))  # noqa: B009
         print(f"fusenas add-spare: {path} is a spare of {voldir}")
         return 0
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        "[progress.percentage]{task.percentage:>3.0f}%",
-        TimeRemainingColumn(),
-        console=console,
-        disable=getattr(args, "quiet") or not console.is_terminal,  # noqa: B009
-    ) as bar:
+    chunk = vol.members.array.geometry.chunk
+    with byte_progress(console, quiet=getattr(args, "quiet")) as bar:  # noqa: B009
         task = bar.add_task("rebuild", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def progress(done: int, total: int) -> None:  # stripes: one chunk per member each
+            bar.update(task, completed=done * chunk, total=total * chunk)
 
         stats = await replace(
             vol,
