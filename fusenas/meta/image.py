@@ -75,22 +75,7 @@ def encode_image(store: MetadataStore) -> bytes:
     entry_pack = _ENTRY.pack
     for ino in sorted(store.inodes):
         n = store.inodes[ino]
-        parts.append(
-            inode_pack(
-                n.ino,
-                n.generation,
-                n.mode,
-                n.uid,
-                n.gid,
-                n.nlink,
-                n.size,
-                n.atime_ns,
-                n.mtime_ns,
-                n.ctime_ns,
-                n.rdev,
-                len(n.xattrs),
-            )
-        )
+        parts.append(inode_pack(n.ino, *n.attributes(), len(n.xattrs)))
         for k, v in n.xattrs.items():
             parts.append(_XATTR.pack(len(k), len(v)))
             parts.append(k)

@@ -181,6 +181,22 @@ class Inode:
         elif fmt == stat.S_IFREG:
             self.extents = ExtentMap()
 
+    def attributes(self) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+        """The fixed-size attributes, in the order the image stores them: generation, mode,
+        uid, gid, nlink, size, atime_ns, mtime_ns, ctime_ns, rdev."""
+        return (
+            self.generation,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.nlink,
+            self.size,
+            self.atime_ns,
+            self.mtime_ns,
+            self.ctime_ns,
+            self.rdev,
+        )
+
     @property
     def is_dir(self) -> bool:
         return self.dir is not None

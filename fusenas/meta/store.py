@@ -782,16 +782,7 @@ class MetadataStore:
         for ino in sorted(self.inodes):
             n = self.inodes[ino]
             inodes[ino] = (
-                n.generation,
-                n.mode,
-                n.uid,
-                n.gid,
-                n.nlink,
-                n.size,
-                n.atime_ns,
-                n.mtime_ns,
-                n.ctime_ns,
-                n.rdev,
+                *n.attributes(),
                 n.parent,
                 sorted(n.xattrs.items()),
                 n.target,
