@@ -14,6 +14,9 @@ A flush of one stripe: **analyse** (which blocks are dirty) → **decide** (the 
 full-stripe, read-modify-write or reconstruct-write) → **write-ahead** (commit the WAL up to the
 stripe's newest DATA record, and for a partial parity update journal and commit a ``STRIPE``
 record with the exact member writes) → **issue** (member writes, each under a deadline).
+Consecutive fully dirty stripes are flushed as one run: one write per member for the whole
+run (``Array.write_full_stripes``) instead of one per chunk, which is what makes a sequential
+write cheap per byte.
 
 Invariants:
 * At most one flush per stripe at a time (the array requires it); a stripe being flushed keeps
@@ -43,6 +46,9 @@ from fusenas.wal.log import WriteAheadLog
 
 _DATA_HEADER = struct.Struct("<Q")
 _STRIPE_ENTRY = struct.Struct("<IQI")
+
+#: Bytes of data in one run of full stripes written together (bounds the run's copy).
+MAX_RUN_BYTES = 4 << 20
 
 
 def encode_data(offset: int, data: ByteData) -> bytes:
@@ -222,42 +228,82 @@ class StripeCache:
     async def _flush_many(self, stripes: Sequence[int]) -> None:
         """Flush ``stripes`` with at most ``parallel_flushes`` worker tasks sharing one
         iterator: the task count stays bounded however many stripes are dirty (10,000 small
-        files make thousands of dirty stripes; one task each was a task explosion)."""
-        todo = iter(stripes)
+        files make thousands of dirty stripes; one task each was a task explosion).
+
+        Consecutive fully dirty stripes go to one worker together (up to ``MAX_RUN_BYTES``), so
+        that the array writes them as one run (``write_full_stripes``)."""
+        todo = iter(self._runs(sorted(stripes)))
 
         async def worker() -> None:
-            for s in todo:
-                await self._flush_stripe(s)
+            for run in todo:
+                await self._flush_run(run)
 
         async with trio.open_nursery() as nursery:
             for _ in range(min(self._parallel, len(stripes))):
                 nursery.start_soon(worker)
 
-    async def _flush_stripe(self, stripe: int) -> None:
+    def _runs(self, stripes: Sequence[int]) -> list[list[int]]:
+        """``stripes`` (sorted) cut into runs of consecutive, fully dirty stripes; any other
+        stripe is a run of its own."""
+        full = self._stripe_size // BLOCK_SIZE
+        longest = max(1, MAX_RUN_BYTES // self._stripe_size)
+        runs: list[list[int]] = []
+        prev_full = False
+        for s in stripes:
+            st = self._dirty.get(s)
+            is_full = st is not None and len(st.blocks) == full
+            if is_full and prev_full and runs[-1][-1] == s - 1 and len(runs[-1]) < longest:
+                runs[-1].append(s)
+            else:
+                runs.append([s])
+            prev_full = is_full
+        return runs
+
+    async def _flush_run(self, run: Sequence[int]) -> None:
         async with self._limiter:
-            while stripe in self._flushing:  # one flush per stripe at a time
+            while any(s in self._flushing for s in run):  # one flush per stripe at a time
                 async with self._changed:
                     await self._changed.wait()
-            st = self._dirty.pop(stripe, None)
-            if st is None:
+            taken = [(s, st) for s in run if (st := self._dirty.pop(s, None)) is not None]
+            if not taken:
                 return
-            self._flushing[stripe] = st
+            for s, st in taken:
+                self._flushing[s] = st
+            blocks = sum(len(st.blocks) for _, st in taken)
             try:
                 with trio.CancelScope(shield=True):
-                    await self._issue(stripe, st)
+                    await self._issue(taken)
             finally:
-                del self._flushing[stripe]
-                self._dirty_bytes -= BLOCK_SIZE * len(st.blocks)
+                for s, _ in taken:
+                    del self._flushing[s]
+                self._dirty_bytes -= BLOCK_SIZE * blocks
                 if self._dirty_bytes <= self.max_dirty // 2:
                     self._room.unpark_all()
                 else:
-                    self._room.unpark(count=len(st.blocks))
+                    self._room.unpark(count=blocks)
                 async with self._changed:
                     self._changed.notify_all()
 
-    async def _issue(self, stripe: int, st: _Stripe) -> None:
-        if st.max_lsn:
-            await self.wal.commit(LSN(st.max_lsn))  # the write-ahead rule
+    async def _issue(self, taken: Sequence[tuple[int, _Stripe]]) -> None:
+        """Write-ahead, then write the stripes in place: a run of two or more full stripes in
+        one ``write_full_stripes``, a single stripe through ``write_stripe`` (which decides
+        full, RMW or RCW)."""
+        max_lsn = max(st.max_lsn for _, st in taken)
+        if max_lsn:
+            await self.wal.commit(LSN(max_lsn))  # the write-ahead rule
+        full = self._stripe_size // BLOCK_SIZE
+        if len(taken) > 1 and all(len(st.blocks) == full for _, st in taken):
+            first = taken[0][0]
+            if [s for s, _ in taken] == list(range(first, first + len(taken))):
+                data = b"".join(st.blocks[b] for _, st in taken for b in sorted(st.blocks))
+                await self.array.write_full_stripes(first, data)
+                strategy = Strategy.FULL if self.array.geometry.parity_count else None
+                self._count(strategy, len(taken), len(taken) * full)
+                return
+        for stripe, st in taken:
+            await self._issue_stripe(stripe, st)
+
+    async def _issue_stripe(self, stripe: int, st: _Stripe) -> None:
         # Runs of consecutive blocks, each joined once (not by repeated concatenation, which
         # copied a stripe's bytes once per block).
         runs: list[tuple[int, list[ByteData]]] = []
@@ -270,9 +316,12 @@ class StripeCache:
             prev = block
         parts = [(off, bufs[0] if len(bufs) == 1 else b"".join(bufs)) for off, bufs in runs]
         strategy = await self.array.write_stripe(stripe, parts, journal=self._journal_stripe)
-        self._stripes_flushed += 1
-        self._blocks_flushed += len(st.blocks)
-        self._by_strategy[strategy] = self._by_strategy.get(strategy, 0) + 1
+        self._count(strategy, 1, len(st.blocks))
+
+    def _count(self, strategy: Strategy | None, stripes: int, blocks: int) -> None:
+        self._stripes_flushed += stripes
+        self._blocks_flushed += blocks
+        self._by_strategy[strategy] = self._by_strategy.get(strategy, 0) + stripes
 
     async def _journal_stripe(self, writes: Sequence[MemberWrite]) -> None:
         lsn = await self.wal.append(RecordType.STRIPE, encode_stripe(writes), urgent=True)

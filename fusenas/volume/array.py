@@ -561,6 +561,51 @@ class Array:
                 return None
             return await self._write_parity_stripe(stripe, pieces, journal)
 
+    async def write_full_stripes(self, first: int, data: ByteData) -> None:
+        """Write the whole stripes ``first, first + 1, …`` from ``data`` (a multiple of
+        ``stripe_data_size`` bytes, in logical order), at any level.
+
+        Parity comes from the new data alone (no reads, no journal: every data block of the
+        rows is rewritten), and each member gets one write for the whole run, since member
+        ranges of consecutive stripes are contiguous; a run of k stripes is ``members`` writes
+        instead of ``k × members``. Row locks are taken in ascending stripe order (never
+        deadlocks with single-row lockers). A down member misses its write, as in ``issue``.
+        """
+        g = self.geometry
+        view = memoryview(data).cast("B")
+        count, rest = divmod(view.nbytes, g.stripe_data_size)
+        if rest or count == 0:
+            raise ValueError(f"{view.nbytes} bytes is not a whole number of stripes")
+        chunk, ndata = g.chunk, g.data_per_stripe
+        per_member: list[list[ByteData]] = [[] for _ in range(g.members)]
+        async with contextlib.AsyncExitStack() as stack:
+            for stripe in range(first, first + count):
+                await stack.enter_async_context(self.stripe_lock(stripe))
+            for k in range(count):
+                stripe = first + k
+                base = k * g.stripe_data_size
+                chunks = [view[base + i * chunk : base + (i + 1) * chunk] for i in range(ndata)]
+                for i, c in enumerate(chunks):
+                    for m in g.data_copies(stripe, i):
+                        per_member[m].append(c)
+                if g.parity_count == 1:
+                    per_member[g.parity_members(stripe)[0]].append(parity.gen_p(chunks))
+                elif g.parity_count == 2:
+                    pm, qm = g.parity_members(stripe)
+                    p, q = parity.gen_pq(chunks)
+                    per_member[pm].append(p)
+                    per_member[qm].append(q)
+            # Mirrors share one joined buffer (the same chunk views, so the same ids).
+            joined: dict[tuple[int, ...], bytes] = {}
+            writes = []
+            for m, parts in enumerate(per_member):
+                assert len(parts) == count, "every member holds one chunk of every stripe"
+                key = tuple(map(id, parts))
+                if key not in joined:
+                    joined[key] = b"".join(parts)
+                writes.append(MemberWrite(m, self.data_offset + first * chunk, joined[key]))
+            await self.issue(writes)
+
     async def _write_parity_stripe(
         self,
         stripe: int,

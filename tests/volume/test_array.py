@@ -194,3 +194,32 @@ def test_strategy_counts_reads_like_md() -> None:
     assert choose_strategy(4, 1, covered=3, touched=3, degraded=False) is Strategy.RCW
     assert choose_strategy(4, 1, covered=4, touched=4, degraded=False) is Strategy.FULL
     assert choose_strategy(4, 2, covered=4, touched=4, degraded=True) is Strategy.DEGRADED
+
+
+@pytest.mark.parametrize(
+    "level,members",
+    [(Level.RAID0, 4), (Level.RAID1, 3), (Level.RAID10, 4), (Level.RAID5, 4), (Level.RAID6, 5)],
+)
+async def test_full_stripe_runs_equal_stripe_by_stripe_writes(level: Level, members: int) -> None:
+    """``write_full_stripes`` leaves every member byte for byte as ``write`` of the same data
+    does, with one write per member for the whole run; a member down during the run misses
+    its write and the data still reads back (degraded) at every redundant level."""
+    rng = random.Random(members)
+    by_run, by_run_devs = make_array(level, members)
+    by_stripe, by_stripe_devs = make_array(level, members)
+    g = by_run.geometry
+    first, count = 3, 5
+    data = rng.randbytes(count * g.stripe_data_size)
+    await by_stripe.write(first * g.stripe_data_size, data)
+    before = [d.writes for d in by_run_devs]
+    await by_run.write_full_stripes(first, data)
+    assert [d.writes - b for d, b in zip(by_run_devs, before, strict=True)] == [1] * members
+    assert [d.data for d in by_run_devs] == [d.data for d in by_stripe_devs]
+    with pytest.raises(ValueError):
+        await by_run.write_full_stripes(first, data[:-1])
+    if level is Level.RAID0:
+        return
+    by_run.fail_member(1, "test")
+    data2 = rng.randbytes(2 * g.stripe_data_size)
+    await by_run.write_full_stripes(0, data2)
+    assert await by_run.read(0, len(data2)) == data2
