@@ -568,7 +568,7 @@ class Array:
         Parity comes from the new data alone (no reads, no journal: every data block of the
         rows is rewritten), and each member gets one write for the whole run, since member
         ranges of consecutive stripes are contiguous; a run of k stripes is ``members`` writes
-        instead of ``k × members``. Row locks are taken in ascending stripe order (never
+        instead of ``k * members``. Row locks are taken in ascending stripe order (never
         deadlocks with single-row lockers). A down member misses its write, as in ``issue``.
         """
         g = self.geometry
