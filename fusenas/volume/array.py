@@ -598,12 +598,12 @@ class Array:
             # Mirrors share one joined buffer (the same chunk views, so the same ids).
             joined: dict[tuple[int, ...], bytes] = {}
             writes = []
-            for m, parts in enumerate(per_member):
+            for member, parts in enumerate(per_member):
                 assert len(parts) == count, "every member holds one chunk of every stripe"
                 key = tuple(map(id, parts))
                 if key not in joined:
                     joined[key] = b"".join(parts)
-                writes.append(MemberWrite(m, self.data_offset + first * chunk, joined[key]))
+                writes.append(MemberWrite(member, self.data_offset + first * chunk, joined[key]))
             await self.issue(writes)
 
     async def _write_parity_stripe(
