@@ -249,6 +249,14 @@ class TimedDevice:
         finally:
             s.end("read", started, length, failed)
 
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        started = time.perf_counter()
+        data = self._dev.read_nowait(offset, length)
+        if data is not None:
+            self._stats.in_flight += 1  # ``end`` counts it down
+            self._stats.end("read", started, length, False)
+        return data
+
     async def write(self, offset: int, data: ByteData) -> None:
         s = self._stats
         s.in_flight += 1

@@ -59,6 +59,10 @@ class MemoryDevice:
         await trio.lowlevel.checkpoint()
         self.apply_write(offset, bytes(data))
 
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        """Always None: reads take the async path, where subclasses inject faults."""
+        return None
+
     def apply_write(self, offset: int, raw: bytes) -> None:
         """The effect of ``write``, synchronously (replaying a recorded run)."""
         self.data[offset : offset + len(raw)] = raw

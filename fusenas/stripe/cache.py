@@ -82,6 +82,19 @@ def decode_stripe(payload: bytes) -> list[MemberWrite]:
     return out
 
 
+def _laid_over(base: bytes, offset: int, overlay: list[tuple[int, ByteData]]) -> bytes:
+    """``base`` (logical bytes at ``offset``) with the overlay's blocks copied over it."""
+    if not overlay:
+        return base
+    out = bytearray(base)
+    for block, data in overlay:
+        bstart = block * BLOCK_SIZE
+        lo = max(offset, bstart)
+        hi = min(offset + len(base), bstart + BLOCK_SIZE)
+        out[lo - offset : hi - offset] = data[lo - bstart : hi - bstart]
+    return bytes(out)
+
+
 @dataclass
 class _Stripe:
     """Dirty blocks of one stripe, keyed by logical block number (offset // BLOCK_SIZE)."""
@@ -189,6 +202,18 @@ class StripeCache:
         the members are being read is still served from the overlay, never from the older
         member contents read just before its write landed.
         """
+        overlay = self._overlay(offset, length)
+        base = await self.array.read(offset, length) if length else b""
+        return _laid_over(base, offset, overlay)
+
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        """``read`` without waiting (``Array.read_nowait``), or None: then call ``read``."""
+        overlay = self._overlay(offset, length)
+        base = self.array.read_nowait(offset, length) if length else b""
+        return None if base is None else _laid_over(base, offset, overlay)
+
+    def _overlay(self, offset: int, length: int) -> list[tuple[int, ByteData]]:
+        """(block, bytes) of the dirty and in-flight blocks of the range."""
         overlay: list[tuple[int, ByteData]] = []
         if length and (self._dirty or self._flushing):
             first = offset // BLOCK_SIZE
@@ -200,16 +225,7 @@ class StripeCache:
                     if st is not None and block in st.blocks:
                         overlay.append((block, st.blocks[block]))
                         break
-        base = await self.array.read(offset, length) if length else b""
-        if not overlay:
-            return base
-        out = bytearray(base)
-        for block, data in overlay:
-            bstart = block * BLOCK_SIZE
-            lo = max(offset, bstart)
-            hi = min(offset + length, bstart + BLOCK_SIZE)
-            out[lo - offset : hi - offset] = data[lo - bstart : hi - bstart]
-        return bytes(out)
+        return overlay
 
     # -- flushing -------------------------------------------------------------------------
 

@@ -41,6 +41,12 @@ class BlockDevice(Protocol):
         """Read exactly ``length`` bytes; bytes never written read as zeros. OSError on failure."""
         ...
 
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        """The bytes at once if they can be had without waiting (from the page cache), else
+        None. Never raises for I/O errors (``read`` reports them); devices without such a
+        path always return None. Runs on the event loop, so it must never block."""
+        ...
+
     async def write(self, offset: int, data: ByteData) -> None:
         """Write all of ``data`` at ``offset``. Not durable until ``flush``. OSError on failure."""
         ...

@@ -163,6 +163,10 @@ class FaultyDevice:
         data = await self.inner.read(offset, length)
         return self._corrupt(data, offset, self.corrupt_read)
 
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        """Always None: every read goes through the fault gate."""
+        return None
+
     async def write(self, offset: int, data: ByteData) -> None:
         await self._gate()
         await self.inner.write(offset, self._corrupt(data, offset, self.corrupt_write))

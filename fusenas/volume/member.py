@@ -401,15 +401,10 @@ class FileDevice:
         under us. ``ValueError`` if the range leaves ``[0, size)``; ``OSError`` on I/O errors.
         Cancellation abandons the thread (a read has no effect to worry about).
         """
-        self._check_range("read", offset, length)
-        if length == 0:
-            return b""
-        if self._nowait and length <= _MAX_CACHED_READ and self._limiter.available_tokens:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            cached = self._read_cached(offset, length)
-            if cached is not None:
-                await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point
-                return cached
+        cached = self.read_nowait(offset, length)
+        if cached is not None:
+            await trio.lowlevel.checkpoint()
+            return cached
         is_block = self._is_block_device
         name = self._name
 
@@ -432,9 +427,17 @@ class FileDevice:
 
         return await self._run(do_read)
 
-    def _read_cached(self, offset: int, length: int) -> bytes | None:
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
         """The bytes if the page cache holds all of them (``preadv`` with ``RWF_NOWAIT``,
-        which never waits for the disk), else None. Runs on the event loop."""
+        which never waits for the disk), else None. Runs on the event loop: only reads of at
+        most ``_MAX_CACHED_READ`` bytes, and only while a worker thread is free (so a cached
+        read does not overtake a queue of uncached ones forever). ``ValueError`` if the
+        range leaves ``[0, size)``."""
+        self._check_range("read", offset, length)
+        if length == 0:
+            return b""
+        if not (self._nowait and length <= _MAX_CACHED_READ and self._limiter.available_tokens):
+            return None
         try:
             fd = self._fd.acquire()
         except OSError:

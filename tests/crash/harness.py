@@ -66,6 +66,9 @@ class CountingDevice:
     async def read(self, offset: int, length: int) -> bytes:
         return await self.dev.read(offset, length)
 
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        return self.dev.read_nowait(offset, length)
+
     async def write(self, offset: int, data: ByteData) -> None:
         await self.dev.write(offset, data)
         self.provider.log(self.path, offset, bytes(data))

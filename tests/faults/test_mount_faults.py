@@ -274,9 +274,12 @@ def test_member_hangs_under_load_and_is_failed_at_its_deadline(
     assert time.monotonic() - t0 < 20, m.log()
     assert "I/O deadline exceeded" in m.log(), m.log()
     fsck_clean(voldir)
-    m = mounter.mount(voldir)  # the failure is recorded: a degraded mount without member 2
+    # The failure is recorded: the next mount treats member 2 as returning (resynced from
+    # the write-intent bitmap, or rebuilt), not as an up-to-date member. The resync may be
+    # over before status is read, so the mount's log line is the proof, not the state.
+    m = mounter.mount(voldir)
     check_model(m.mnt, model)
-    assert live_status(m.mnt)["members"][2]["state"] != "active"
+    assert "member 2 (" in m.log() and "is back: " in m.log(), m.log()
     assert mounter.unmount(m) == 0, m.log()
 
 

@@ -332,9 +332,13 @@ async def test_cached_read_serves_page_cache_and_falls_back(tmp_path: Path) -> N
     payload = os.urandom(3 * 4096 + 100)
     await dev.write(8192, payload)
     if dev._nowait:
-        assert dev._read_cached(8192, len(payload)) == payload
+        assert dev.read_nowait(8192, len(payload)) == payload
+        assert dev.read_nowait(0, 1 << 20) is None, "too long for the event loop"
+        with pytest.raises(ValueError):
+            dev.read_nowait(dev.size, 1)
     assert await dev.read(8192, len(payload)) == payload
     dev._nowait = False
+    assert dev.read_nowait(8192, len(payload)) is None
     assert await dev.read(8192, len(payload)) == payload
     assert await dev.read(dev.size - 4096, 4096) == bytes(4096)
     await dev.aclose()

@@ -337,6 +337,9 @@ class Recorder:
         self.log.append(("write", offset))
         self.buf[offset : offset + len(data)] = data
 
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        return None
+
     async def flush(self) -> None:
         self.log.append(("flush", -1))
 
