@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# Installs pyfuse3 3.5.0 built from its sdist with patches/pyfuse3-3.5.0-fallocate.patch into
-# .venv, so that fallocate(2) reaches FusenasOperations.fallocate (see docs/dependencies.md).
+# Installs pyfuse3 3.5.0 built from its sdist with patches/pyfuse3-3.5.0-fusenas.patch into
+# .venv: fallocate(2) reaches FusenasOperations.fallocate, and getxattr requests are answered
+# synchronously by FusenasOperations.getxattr_sync (see docs/dependencies.md).
 # Called by scripts/setup.sh before the project's own `pip install`; needs the venv, gcc,
-# pkg-config, libfuse3-dev and patch. Does nothing when the venv's pyfuse3 already has
-# Operations.fallocate, so running it again is quick.
+# pkg-config, libfuse3-dev and patch. Does nothing when the venv's pyfuse3 already is this
+# build (Operations.fallocate and Operations.getxattr_sync exist), so running it again is
+# quick; an older build (fallocate only) is rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 py="$top/.venv/bin/python"
 version=3.5.0
-patchfile="$top/patches/pyfuse3-$version-fallocate.patch"
+patchfile="$top/patches/pyfuse3-$version-fusenas.patch"
 
-has_fallocate() {
-    "$py" -c 'import sys, pyfuse3; sys.exit(0 if hasattr(pyfuse3.Operations, "fallocate") else 1)' \
+# Every attribute the patch adds; add the new one here when the patch grows.
+is_patched() {
+    "$py" -c 'import sys, pyfuse3
+ops = pyfuse3.Operations
+sys.exit(0 if all(hasattr(ops, a) for a in ("fallocate", "getxattr_sync")) else 1)' \
         2>/dev/null
 }
 
-if has_fallocate; then
+if is_patched; then
     exit 0
 fi
 
-echo "fusenas setup: building pyfuse3 $version with the fallocate patch"
+echo "fusenas setup: building pyfuse3 $version with patches/${patchfile##*/}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$py" -m pip download -q --no-deps --no-binary pyfuse3 -d "$tmp" "pyfuse3==$version"
@@ -36,7 +41,7 @@ whl=$(echo "$tmp"/wheel/pyfuse3-*.whl)
 "$py" -m pip install -q --no-deps --force-reinstall "$whl"
 "$py" -m pip install -q "$whl"  # its dependencies (trio), if the venv is new
 
-if ! has_fallocate; then
-    echo "fusenas setup: the patched pyfuse3 has no Operations.fallocate" >&2
+if ! is_patched; then
+    echo "fusenas setup: the patched pyfuse3 lacks Operations.fallocate or .getxattr_sync" >&2
     exit 1
 fi

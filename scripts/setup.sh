@@ -31,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-scripts/install-pyfuse3.sh  # pyfuse3 with fallocate (docs/dependencies.md)
+scripts/install-pyfuse3.sh  # patched pyfuse3: fallocate, sync getxattr (docs/dependencies.md)
 # Quiet unless it fails: setuptools' editable-install warnings are noise to a new user.
 if ! .venv/bin/python -m pip install -q -e '.[dev]' > .venv/pip-install.log 2>&1; then
     cat .venv/pip-install.log >&2
