@@ -1,8 +1,9 @@
 """FusenasOperations: the pyfuse3 adapter. Translation and errno only.
 
 Each handler checks its arguments, calls the metadata store (``vol.meta``) or the file store
-(``FileStore``) and returns pyfuse3 types. Only ``pyfuse3.FUSEError`` leaves this class: the
-``_boundary`` decorator is the single place where errors become errno.
+(``FileStore``) and returns pyfuse3 types. Only ``pyfuse3.FUSEError`` leaves this class: every
+request goes through the ``_boundary`` decorator (``_sync_boundary`` for ``getxattr_sync``),
+and ``_fuse_error`` is the single place where errors become errno.
 
     FsError(e)                 → e.errno
     NoSpaceError               → ENOSPC
@@ -43,10 +44,16 @@ atime
     Reads do not update atime (as ``noatime``; the mount says so). Explicit ``utimensat`` and
     ``touch -a`` work.
 
-fallocate
-    Needs pyfuse3 built with patches/pyfuse3-3.5.0-fallocate.patch (scripts/setup.sh does
-    it; docs/dependencies.md). Unsupported modes answer EOPNOTSUPP, never ENOSYS (which
-    would make the kernel stop sending fallocate for the rest of the mount).
+The patched pyfuse3
+    Built with patches/pyfuse3-3.5.0-fusenas.patch (scripts/setup.sh does it;
+    docs/dependencies.md), which adds two things used here:
+    * fallocate: unsupported modes answer EOPNOTSUPP, never ENOSYS (which would make the
+      kernel stop sending fallocate for the rest of the mount);
+    * ``getxattr_sync``: getxattr is answered synchronously in pyfuse3's FUSE callback. The
+      kernel (libfuse 3.14 has no FUSE_CAP_HANDLE_KILLPRIV_V2) asks for
+      ``security.capability`` before every write(2), and a synchronous answer skips the
+      coroutine and its error boundary. The async ``getxattr`` remains for pyfuse3's
+      XATTR_CREATE/XATTR_REPLACE checks of setxattr.
 
 Not exposed by pyfuse3 3.5: copy_file_range, lseek SEEK_DATA/SEEK_HOLE, ioctl, poll on files,
 file locks (the kernel handles flock/POSIX locks locally).
@@ -93,34 +100,61 @@ def _log_once(msg: str) -> None:
     log.error("%s (returning EIO)", msg)
 
 
+def _fuse_error(name: str, e: Exception) -> pyfuse3.FUSEError:
+    """The errno translation of the module docstring: the ``FUSEError`` that handler ``name``
+    answers for ``e``. Call it in the ``except`` block (it may log the traceback)."""
+    if isinstance(e, pyfuse3.FUSEError):
+        return e
+    if isinstance(e, FsError):
+        return pyfuse3.FUSEError(e.errno)
+    if isinstance(e, NoSpaceError):
+        return pyfuse3.FUSEError(errno.ENOSPC)
+    if isinstance(e, DataLostError | OSError):
+        _log_once(f"{name}: {type(e).__name__}: {e}")
+        return pyfuse3.FUSEError(errno.EIO)
+    log.exception("internal error in %s; returning EIO", name)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
 def _boundary(
     fn: Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]],
 ) -> Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]]:
     """The one error boundary: only ``pyfuse3.FUSEError`` leaves a handler. Also the one
-    place every request is counted and timed (``self.op_stats``, read by fusenas.metrics)."""
+    place every request is counted and timed (``self.op_stats``, read by fusenas.metrics).
+    ``_sync_boundary`` is the same for the synchronous handlers."""
     name = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self: _Self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         started = time.perf_counter()
         try:
-            try:
-                result = await fn(self, *args, **kwargs)
-            except pyfuse3.FUSEError:
-                raise
-            except FsError as e:
-                raise pyfuse3.FUSEError(e.errno) from None
-            except NoSpaceError:
-                raise pyfuse3.FUSEError(errno.ENOSPC) from None
-            except (DataLostError, OSError) as e:
-                _log_once(f"{name}: {type(e).__name__}: {e}")
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            except Exception:
-                log.exception("internal error in %s; returning EIO", name)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-        except pyfuse3.FUSEError as e:
-            self.op_stats.observe(name, time.perf_counter() - started, errno=e.errno)
-            raise
+            result = await fn(self, *args, **kwargs)
+        except Exception as e:
+            err = _fuse_error(name, e)
+            self.op_stats.observe(name, time.perf_counter() - started, errno=err.errno)
+            raise err from None
+        self.op_stats.observe(name, time.perf_counter() - started, result)
+        return result
+
+    return wrapper  # type: ignore[return-value]  # functools._Wrapped
+
+
+def _sync_boundary(
+    fn: Callable[Concatenate[_Self, _P], _R],
+) -> Callable[Concatenate[_Self, _P], _R]:
+    """``_boundary`` for a synchronous handler that pyfuse3 calls in its FUSE callback
+    (``getxattr_sync``); counted under the operation's name without the ``_sync`` suffix."""
+    name = fn.__name__.removesuffix("_sync")
+
+    @functools.wraps(fn)
+    def wrapper(self: _Self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        started = time.perf_counter()
+        try:
+            result = fn(self, *args, **kwargs)
+        except Exception as e:
+            err = _fuse_error(name, e)
+            self.op_stats.observe(name, time.perf_counter() - started, errno=err.errno)
+            raise err from None
         self.op_stats.observe(name, time.perf_counter() - started, result)
         return result
 
@@ -504,10 +538,22 @@ class FusenasOperations(pyfuse3.Operations):
         await self.vol.reserve_meta()
         self.meta.setxattr(inode, name, value, 0, time.time_ns())
 
-    @_boundary
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        """pyfuse3 answers size probes and ERANGE from the value returned here."""
+    @_sync_boundary
+    def getxattr_sync(self, inode: int, name: bytes) -> bytes:
+        """Every getxattr request: the patched pyfuse3 calls this in its FUSE callback, with
+        no coroutine (the kernel asks for ``security.capability`` before every write). It
+        must not await anything: the value is in memory. pyfuse3 answers size probes and
+        ERANGE from the value returned here."""
         return self.meta.getxattr(inode, name)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        """Only pyfuse3's own XATTR_CREATE/XATTR_REPLACE checks inside a setxattr request
+        call this (getxattr requests go to ``getxattr_sync``), so it is not counted as a
+        request; tests/mount/test_xattr_sync.py relies on that."""
+        try:
+            return self.meta.getxattr(inode, name)
+        except Exception as e:
+            raise _fuse_error("getxattr", e) from None
 
     @_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:

@@ -80,15 +80,15 @@ class Mounter:
 
     def mount(self, voldir: Path, mnt: Path | None = None, *opts: str) -> Mount:
         mnt = mnt or self.mountpoint()
+        return self.spawn([FUSENAS, str(voldir), str(mnt), "-f", *opts], voldir, mnt)
+
+    def spawn(self, argv: list[str], voldir: Path, mnt: Path) -> Mount:
+        """Run ``argv``, a FUSE daemon in the foreground that mounts on ``mnt``, and wait for
+        the mount (``mount`` runs fusenas; tests of pyfuse3 itself run their own)."""
         self._n += 1
         err = self.base / f"daemon{self._n}.stderr"
         with open(err, "wb") as f:
-            proc = subprocess.Popen(
-                [FUSENAS, str(voldir), str(mnt), "-f", *opts],
-                stdin=subprocess.DEVNULL,
-                stdout=f,
-                stderr=f,
-            )
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
         m = Mount(voldir, mnt, proc, err)
         self.mounts.append(m)
         deadline = time.monotonic() + MOUNT_TIMEOUT
