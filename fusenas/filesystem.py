@@ -550,7 +550,9 @@ async def create_volume(
             if not jpath.exists() or jpath.is_file():
                 if jpath.exists():
                     jpath.unlink()
-                await provider.create(jpath, journal_size)
+                # Allocated: a journal commit is an fdatasync per fsync(2), and on a sparse
+                # file each one also commits the file system's allocation (~1.5x slower).
+                await provider.create(jpath, journal_size, allocate=True)
                 created.append(jpath)
             jdev = await provider.open(jpath)
             try:

@@ -321,8 +321,8 @@ class TimedProvider:
         dev = await self._inner.open(path, readonly=readonly)
         return TimedDevice(dev, self._monitor.device_stats(str(path)))
 
-    async def create(self, path: Path, size: int) -> None:
-        await self._inner.create(path, size)
+    async def create(self, path: Path, size: int, *, allocate: bool = False) -> None:
+        await self._inner.create(path, size, allocate=allocate)
 
 
 # -- later work: scrub, rebuild, checksum repair -------------------------------------------

@@ -68,6 +68,9 @@ class DeviceProvider(Protocol):
         """Open an existing device; ``VolumeError`` with one line if it cannot be used."""
         ...
 
-    async def create(self, path: Path, size: int) -> None:
-        """Create a new sparse device of ``size`` bytes; ``VolumeError`` if it exists."""
+    async def create(self, path: Path, size: int, *, allocate: bool = False) -> None:
+        """Create a new device of ``size`` bytes reading as zeros; ``VolumeError`` if it
+        exists. Sparse unless ``allocate``: then every block is written (zeros) and flushed
+        first, so that later writes overwrite and an ``fdatasync`` after them has no
+        allocation metadata to commit (the journal: a commit per fsync)."""
         ...

@@ -202,5 +202,5 @@ class FaultyProvider:
         self.opened[path] = dev
         return dev
 
-    async def create(self, path: Path, size: int) -> None:
-        await self.inner.create(path, size)
+    async def create(self, path: Path, size: int, *, allocate: bool = False) -> None:
+        await self.inner.create(path, size, allocate=allocate)

@@ -256,7 +256,7 @@ def _open_member(path: str, readonly: bool) -> tuple[int, bool, int]:
     return fd, is_block, size
 
 
-def _create_sparse(path: str, size: int) -> None:
+def _create_file(path: str, size: int, allocate: bool) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
@@ -270,6 +270,11 @@ def _create_sparse(path: str, size: int) -> None:
     try:
         # ftruncate allocates nothing: the file is one hole of ``size`` bytes.
         os.ftruncate(fd, size)
+        if allocate:
+            zeros = bytes(min(size, 4 << 20))
+            for pos in range(0, size, len(zeros)):
+                os.pwrite(fd, zeros[: size - pos], pos)
+            os.fdatasync(fd)
     except OSError as e:
         os.close(fd)
         os.unlink(path)
@@ -340,15 +345,21 @@ class FileDevice:
         )
 
     @staticmethod
-    async def create_file(path: str | os.PathLike[str], size: int) -> None:
-        """Create a sparse regular file of exactly ``size`` bytes (``O_EXCL``: never clobbers).
+    async def create_file(
+        path: str | os.PathLike[str], size: int, *, allocate: bool = False
+    ) -> None:
+        """Create a regular file of exactly ``size`` bytes (``O_EXCL``: never clobbers),
+        sparse, or with ``allocate`` written with zeros and fdatasync'ed (see
+        ``DeviceProvider.create``; a file that does not fit is removed again).
 
         ``VolumeError`` if ``path`` exists or cannot be created. Cancellation abandons the
         thread: the file may or may not exist afterwards.
         """
         if size < 0:
             raise ValueError(f"negative size {size}")
-        await trio.to_thread.run_sync(_create_sparse, os.fspath(path), size, abandon_on_cancel=True)
+        await trio.to_thread.run_sync(
+            _create_file, os.fspath(path), size, allocate, abandon_on_cancel=True
+        )
 
     @property
     def size(self) -> int:
@@ -589,8 +600,8 @@ class FileDevices:
     async def open(self, path: Path, *, readonly: bool = False) -> FileDevice:
         return await FileDevice.open(path, readonly=readonly)
 
-    async def create(self, path: Path, size: int) -> None:
-        await FileDevice.create_file(path, size)
+    async def create(self, path: Path, size: int, *, allocate: bool = False) -> None:
+        await FileDevice.create_file(path, size, allocate=allocate)
 
 
 FILES = FileDevices()

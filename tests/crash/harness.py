@@ -104,7 +104,7 @@ class PowerCutProvider:
         dev.closed = False
         return CountingDevice(path, dev, self)
 
-    async def create(self, path: Path, size: int) -> None:
+    async def create(self, path: Path, size: int, *, allocate: bool = False) -> None:
         self.devices[path] = MemoryDevice(size, str(path))
 
     def record(self) -> None:

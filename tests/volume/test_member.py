@@ -342,3 +342,16 @@ async def test_cached_read_serves_page_cache_and_falls_back(tmp_path: Path) -> N
     assert await dev.read(8192, len(payload)) == payload
     assert await dev.read(dev.size - 4096, 4096) == bytes(4096)
     await dev.aclose()
+
+
+async def test_create_file_sparse_or_allocated(tmp_path: Path) -> None:
+    """Members are created sparse; the journal allocated (zeros written, every block backed),
+    so that its appends overwrite and each fdatasync has no allocation to commit."""
+    size = 3 * (4 << 20) + 4096  # not a multiple of the zeroing chunk
+    await FileDevice.create_file(tmp_path / "sparse", size)
+    await FileDevice.create_file(tmp_path / "allocated", size, allocate=True)
+    sparse, allocated = os.stat(tmp_path / "sparse"), os.stat(tmp_path / "allocated")
+    assert sparse.st_size == allocated.st_size == size
+    assert sparse.st_blocks == 0
+    assert allocated.st_blocks * 512 >= size
+    assert (tmp_path / "allocated").read_bytes() == bytes(size)
