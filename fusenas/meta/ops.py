@@ -195,13 +195,21 @@ _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
 _U8 = struct.Struct("<B")
+_RUN = struct.Struct("<QQ")
+
+
+#: Field names per op class, in LAYOUT order (``dataclasses.fields`` per call cost more than
+#: the whole encoding of a small op).
+_NAMES: dict[type, tuple[str, ...]] = {
+    c: tuple(f.name for f in fields(c)) for c in _CLASSES.values()
+}
 
 
 def encode_op(op: Op) -> bytes:
     """The record bytes of ``op`` (see the module docstring)."""
     out = bytearray(_U8.pack(op.TAG))
-    for f, kind in zip(fields(op), op.LAYOUT, strict=True):
-        v = getattr(op, f.name)
+    for name, kind in zip(_NAMES[type(op)], op.LAYOUT, strict=True):
+        v = getattr(op, name)
         if kind == "u":
             out += _U64.pack(v)
         elif kind == "i":
@@ -216,7 +224,7 @@ def encode_op(op: Op) -> bytes:
         elif kind == "runs":
             out += _U32.pack(len(v))
             for s, n in v:
-                out += struct.pack("<QQ", s, n)
+                out += _RUN.pack(s, n)
         elif kind == "crcs":
             out += _U32.pack(len(v)) + struct.pack(f"<{len(v)}q", *v)
         else:  # pragma: no cover - a LAYOUT typo
