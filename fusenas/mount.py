@@ -14,8 +14,9 @@ Background mode (the default)
     ``/dev/null`` and ``VOLUME-DIR/fusenas.log``) recovers the volume, mounts, and then a
     worker thread ``stat``s the mount point: that stat is answered only once the kernel's
     INIT and a GETATTR went through the running main loop, so the child writes "ok" to the
-    pipe only when the mount really answers. The parent exits 0 on "ok", or prints the
-    child's one-line error and exits 1 (also if the child dies: the pipe closes).
+    pipe only when the mount really answers (and its readahead, ``-o readahead``, is set).
+    The parent exits 0 on "ok", or prints the child's one-line error and exits 1 (also if
+    the child dies: the pipe closes).
 
 Shutdown order (clean unmount, SIGTERM/SIGINT/SIGHUP, or umount/fusermount3 -u)
     1. a signal calls ``pyfuse3.terminate()``; an external unmount ends the session by itself:
@@ -63,6 +64,12 @@ PASSED_OPTIONS = frozenset(
 )
 
 
+#: ``-o readahead=KB``: the mount's bdi readahead. With the kernel's default (128 KiB) a 1 MiB
+#: buffered read(2) reaches the daemon as 256 KiB requests (Linux 6.18); with 1 MiB, as one
+#: request (the most libfuse's ``max_pages`` allows).
+DEFAULT_READAHEAD_KB = 1024
+
+
 class UsageError(Exception):
     """Bad command line: exit 2."""
 
@@ -82,6 +89,7 @@ class MountOptions:
     io_timeout: float | None = None
     inject: str | None = None  # debug: fault specs, see fusenas.volume.faults
     metrics: tuple[str, int] | None = None
+    readahead_kb: int = DEFAULT_READAHEAD_KB  # 0: leave the kernel's default
     passed: set[str] = field(default_factory=set)
 
     def fuse_options(self, voldir: Path) -> set[str]:
@@ -141,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
             "corrupt_write\n"
             "  metrics=[ADDR:]PORT  serve Prometheus metrics on http://ADDR:PORT/metrics\n"
             "                       (ADDR defaults to 127.0.0.1; off by default)\n"
+            f"  readahead=KB         kernel readahead of the mount in KiB ({DEFAULT_READAHEAD_KB};"
+            " 0 keeps\n"
+            "                       the kernel's default; needs a writable /sys/class/bdi)\n"
             "  nodev,nosuid,noexec,dev,suid,exec,rw,noatime,relatime  passed to the kernel\n"
             "  auto,noauto,user,users,nofail,_netdev,defaults,x-*,comment=*  (fstab) ignored"
         ),
@@ -205,6 +216,10 @@ def parse_options(raw: Sequence[str], *, root: bool) -> MountOptions:
                     raise UsageError(f"bad io_timeout={value}: not a number") from None
                 if not opts.io_timeout > 0:
                     raise UsageError(f"io_timeout={value} must be positive")
+            elif key == "readahead" and eq:
+                if not (value.isascii() and value.isdigit()):  # no sign, space or "_"
+                    raise UsageError(f"bad readahead={value}: give KiB as a number, 0 or more")
+                opts.readahead_kb = int(value)
             elif key == "metrics" and eq:
                 from fusenas.metrics import parse_address
 
@@ -428,7 +443,7 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_on_signals)
-                    nursery.start_soon(_announce, mnt, state)
+                    nursery.start_soon(_announce, mnt, state, opts.readahead_kb)
                     jobs = None if opts.readonly else Jobs(vol, nursery)
                     monitor.start(
                         nursery, control, jobs.commands(monitor.status_report) if jobs else None
@@ -453,23 +468,41 @@ async def _on_signals() -> None:
             return
 
 
-async def _announce(mnt: Path, state: dict[str, int | None]) -> None:
-    """Tell the parent the mount answers: a stat through the running main loop.
+async def _announce(mnt: Path, state: dict[str, int | None], readahead_kb: int) -> None:
+    """Tell the parent the mount answers: a stat through the running main loop; then set the
+    mount's readahead (before "ok", so it is in effect when ``fusenas`` returns).
 
     Both calls run in a worker thread: ``ismount`` lstat()s the mount point, and once the
     root's attributes expire that is a GETATTR to this very process, which the main thread
     could never answer while blocked in it."""
 
-    def answers() -> bool:
-        os.stat(mnt)
-        return os.path.ismount(mnt)
+    def answers() -> int | None:
+        dev = os.stat(mnt).st_dev
+        return dev if os.path.ismount(mnt) else None
 
-    if not await trio.to_thread.run_sync(answers, abandon_on_cancel=True):
+    dev = await trio.to_thread.run_sync(answers, abandon_on_cancel=True)
+    if dev is None:
         msg = f"{mnt} did not become a mount point"
         log.error("%s", msg)
         _report(state["ready"], msg)
         state["ready"] = None
         return
+    if readahead_kb:
+        set_readahead(dev, readahead_kb)
     log.info("mounted on %s", mnt)
     _report(state["ready"], "ok")
     state["ready"] = None
+
+
+def set_readahead(dev: int, kb: int) -> bool:
+    """Set the readahead of the mount with device number ``dev`` (its bdi is named
+    ``MAJOR:MINOR``) to ``kb`` KiB. Not being allowed to (not root, a read-only /sys in a
+    container) is one info line, never a failed mount."""
+    path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    try:
+        path.write_text(f"{kb}\n")
+    except OSError as exc:
+        log.info("readahead stays the kernel's: cannot write %s (%s)", path, exc.strerror or exc)
+        return False
+    log.info("readahead %d KiB (%s)", kb, path)
+    return True
