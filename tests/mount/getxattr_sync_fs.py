@@ -1,5 +1,6 @@
 """A tiny pyfuse3 file system for tests/mount/test_xattr_sync.py: ``python getxattr_sync_fs.py
-MOUNTPOINT`` mounts one empty directory in the foreground until unmounted.
+MOUNTPOINT [--no-sync]`` mounts one empty directory in the foreground until unmounted;
+``--no-sync`` sets ``getxattr_sync = None`` (pyfuse3 then awaits ``getxattr`` as unpatched).
 
 Its ``getxattr_sync`` and async ``getxattr`` answer differently, so a test sees which path
 pyfuse3 took (the patched build calls ``getxattr_sync``; patches/pyfuse3-3.5.0-fusenas.patch):
@@ -57,7 +58,10 @@ class SyncXattrFs(pyfuse3.Operations):
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     mnt = sys.argv[1]
-    pyfuse3.init(SyncXattrFs(), mnt, {"fsname=getxattr_sync_fs"})
+    ops = SyncXattrFs()
+    if "--no-sync" in sys.argv[2:]:
+        ops.getxattr_sync = None  # type: ignore[assignment]
+    pyfuse3.init(ops, mnt, {"fsname=getxattr_sync_fs"})
     code = 0
     try:
         trio.run(pyfuse3.main)

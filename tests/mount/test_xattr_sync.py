@@ -77,6 +77,14 @@ def test_pyfuse3_calls_getxattr_sync(mounter: Mounter) -> None:
     assert "main loop ended by KeyboardInterrupt" in m.log()
 
 
+def test_pyfuse3_without_getxattr_sync_awaits_getxattr(mounter: Mounter) -> None:
+    mnt = mounter.mountpoint()
+    m = mounter.spawn([sys.executable, str(TOY_FS), str(mnt), "--no-sync"], mnt, mnt)
+    assert getxattr(mnt, "user.value", 64) == b"async"
+    assert getxattr(mnt, "user.raise", 64) == b"async"
+    assert mounter.unmount(m) == 0, m.log()
+
+
 def test_fusenas_xattrs_and_write_probes(mounter: Mounter, volume: Path) -> None:
     m = mounter.mount(volume)
     p = m.mnt / "f"
