@@ -2,10 +2,10 @@
 patches/pyfuse3-3.5.0-fusenas.patch; built by scripts/install-pyfuse3.sh).
 
 The kernel sends GETXATTR security.capability before every write(2); the patched pyfuse3
-answers getxattr in its FUSE callback, without a coroutine. These tests fail on a pyfuse3
-without the patch: its getxattr requests go to the async ``getxattr``, which answers
-differently in the toy file system (tests/mount/getxattr_sync_fs.py) and is not counted as a
-request by fusenas.
+answers getxattr in its FUSE callback, without a coroutine. All but the ``--no-sync`` test
+fail on a pyfuse3 without the patch: its getxattr requests go to the async ``getxattr``,
+which answers differently in the toy file system (tests/mount/getxattr_sync_fs.py) and is not
+counted as a request by fusenas.
 """
 
 from __future__ import annotations
