@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs pyfuse3 3.5.0 built from its sdist with patches/pyfuse3-3.5.0-fusenas.patch into
-# .venv: fallocate(2) reaches FusenasOperations.fallocate, and getxattr requests are answered
-# synchronously by FusenasOperations.getxattr_sync (see docs/dependencies.md).
+# .venv: fallocate(2) reaches FusenasOperations.fallocate, getxattr requests are answered
+# synchronously by FusenasOperations.getxattr_sync, and the session loop reads a queued
+# request before it waits for the FUSE fd (see docs/dependencies.md).
 # Called by scripts/setup.sh before the project's own `pip install`; needs the venv, gcc,
 # pkg-config, libfuse3-dev and patch. Does nothing when the venv's pyfuse3 already is this
-# build (Operations.fallocate and Operations.getxattr_sync exist), so running it again is
-# quick; an older build (fallocate only) is rebuilt.
+# build (pyfuse3.fusenas_patch >= $revision), so running it again is quick; an older build is
+# rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -13,11 +14,11 @@ py="$top/.venv/bin/python"
 version=3.5.0
 patchfile="$top/patches/pyfuse3-$version-fusenas.patch"
 
-# Every attribute the patch adds; add the new one here when the patch grows.
+# The patch sets pyfuse3.fusenas_patch to its revision; bump both together.
+revision=2
 is_patched() {
     "$py" -c 'import sys, pyfuse3
-ops = pyfuse3.Operations
-sys.exit(0 if all(hasattr(ops, a) for a in ("fallocate", "getxattr_sync")) else 1)' \
+sys.exit(0 if getattr(pyfuse3, "fusenas_patch", 0) >= int(sys.argv[1]) else 1)' "$revision" \
         2>/dev/null
 }
 
@@ -42,6 +43,6 @@ whl=$(echo "$tmp"/wheel/pyfuse3-*.whl)
 "$py" -m pip install -q "$whl"  # its dependencies (trio), if the venv is new
 
 if ! is_patched; then
-    echo "fusenas setup: the patched pyfuse3 lacks Operations.fallocate or .getxattr_sync" >&2
+    echo "fusenas setup: the built pyfuse3 is not patch revision $revision" >&2
     exit 1
 fi
