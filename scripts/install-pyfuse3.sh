@@ -15,7 +15,7 @@ version=3.5.0
 patchfile="$top/patches/pyfuse3-$version-fusenas.patch"
 
 # The patch sets pyfuse3.fusenas_patch to its revision; bump both together.
-revision=2
+revision=3
 is_patched() {
     "$py" -c 'import sys, pyfuse3
 sys.exit(0 if getattr(pyfuse3, "fusenas_patch", 0) >= int(sys.argv[1]) else 1)' "$revision" \

@@ -183,6 +183,9 @@ class FusenasOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
+    #: The patched pyfuse3's session loop reads a queued request before it waits for the
+    #: FUSE fd (docs/dependencies.md); handlers here never block the loop, so it is safe.
+    read_before_wait = True
 
     def __init__(self, volume: Volume) -> None:
         super().__init__()

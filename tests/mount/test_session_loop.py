@@ -1,7 +1,7 @@
-"""The patched pyfuse3 session loop (patches/pyfuse3-3.5.0-fusenas.patch, revision 2).
+"""The patched pyfuse3 session loop (patches/pyfuse3-3.5.0-fusenas.patch, revision 3).
 
-The loop reads a queued request before it waits for the FUSE fd (which it makes
-non-blocking), and yields to the scheduler every 16 requests handled without waiting, so that
+With ``Operations.read_before_wait`` (fusenas sets it) the loop reads a queued request before
+it waits for the FUSE fd (which it makes non-blocking), and yields to the scheduler every 16 requests handled without waiting, so that
 a stream of requests whose handlers never suspend cannot starve the daemon's own tasks.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,13 +18,16 @@ from pathlib import Path
 import pyfuse3
 import pytest
 
+from fusenas.fs.operations import FusenasOperations
 from tests.mount.conftest import Mounter, run_fusenas
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(90)]
 
 
 def test_pyfuse3_has_the_session_loop_patch() -> None:
-    assert getattr(pyfuse3, "fusenas_patch", 0) >= 2, "rebuild: scripts/install-pyfuse3.sh"
+    assert getattr(pyfuse3, "fusenas_patch", 0) >= 3, "rebuild: scripts/install-pyfuse3.sh"
+    assert pyfuse3.Operations.read_before_wait is False, "opt-in: stock behaviour by default"
+    assert FusenasOperations.read_before_wait is True
 
 
 def fuse_fd_flags(pid: int) -> int:
@@ -44,6 +48,17 @@ def test_the_fuse_fd_is_non_blocking_and_requests_are_answered(
     assert sorted(os.listdir(m.mnt)) == sorted(f"f{i}" for i in range(200))
     assert all((m.mnt / f"f{i}").read_bytes() == b"x" * i for i in range(200))
     assert "reading device" not in m.log(), m.log()  # libfuse is quiet about EAGAIN
+    assert mounter.unmount(m) == 0, m.log()
+
+
+def test_without_the_opt_in_the_stock_loop_runs(mounter: Mounter) -> None:
+    """A pyfuse3 daemon that does not set read_before_wait (the toy file system of
+    test_xattr_sync) keeps the stock loop: a blocking fd, waited on before each read."""
+    mnt = mounter.mountpoint()
+    toy = Path(__file__).with_name("getxattr_sync_fs.py")
+    m = mounter.spawn([sys.executable, str(toy), str(mnt)], mnt, mnt)
+    assert not fuse_fd_flags(m.proc.pid) & os.O_NONBLOCK
+    assert os.stat(mnt).st_ino == 1  # answered through the stock loop
     assert mounter.unmount(m) == 0, m.log()
 
 
