@@ -1,8 +1,9 @@
 """The patched pyfuse3 session loop (patches/pyfuse3-3.5.0-fusenas.patch, revision 3).
 
 With ``Operations.read_before_wait`` (fusenas sets it) the loop reads a queued request before
-it waits for the FUSE fd (which it makes non-blocking), and yields to the scheduler every 16 requests handled without waiting, so that
-a stream of requests whose handlers never suspend cannot starve the daemon's own tasks.
+it waits for the FUSE fd (which it makes non-blocking), and yields to the scheduler every 16
+requests handled without waiting, so that a stream of requests whose handlers never suspend
+cannot starve the daemon's own tasks.
 """
 
 from __future__ import annotations
