@@ -218,7 +218,7 @@ class ExtentMap:
             return
         a, b = runs[k], runs[k + 1]
         if a.file_end == b.file_block and a.vol_block + a.count == b.vol_block:
-            a.crcs = a.crcs + b.crcs
+            a.crcs.extend(b.crcs)  # in place: a sequential file grows one run (O(n) total)
             a.count += b.count
             del runs[k + 1]
             del self._starts[k + 1]

@@ -84,3 +84,19 @@ def test_contiguous_writes_merge_into_one_run():
     assert ext.set(10, [(5, 2)], [9, 9]) == [(1010, 2)]
     assert len(ext) == 3
     assert ext.check_invariants() == []
+
+
+def test_contiguous_growth_extends_the_run_in_place() -> None:
+    """A file written sequentially is one run whose checksum array grows in place: merging a
+    new chunk must not copy the run's existing checksums (that made writing a file quadratic
+    in its size: 10 s of merging for a 1 GiB file in 1 MiB chunks)."""
+    m = ExtentMap()
+    m.set(0, [(1000, 256)], [7] * 256)
+    crcs = next(iter(m)).crcs
+    for i in range(1, 64):
+        m.set(i * 256, [(1000 + i * 256, 256)], [i] * 256)
+    (run,) = list(m)
+    assert run.crcs is crcs
+    assert (run.file_block, run.vol_block, run.count) == (0, 1000, 64 * 256)
+    assert run.crcs[255] == 7 and run.crcs[256] == 1 and run.crcs[-1] == 63
+    assert m.check_invariants() == []
