@@ -46,14 +46,18 @@ atime
 
 The patched pyfuse3
     Built with patches/pyfuse3-3.5.0-fusenas.patch (scripts/setup.sh does it;
-    docs/dependencies.md), which adds two things used here:
+    docs/dependencies.md), which adds three things used here:
     * fallocate: unsupported modes answer EOPNOTSUPP, never ENOSYS (which would make the
       kernel stop sending fallocate for the rest of the mount);
     * ``getxattr_sync``: getxattr is answered synchronously in pyfuse3's FUSE callback. The
       kernel (libfuse 3.14 has no FUSE_CAP_HANDLE_KILLPRIV_V2) asks for
       ``security.capability`` before every write(2), and a synchronous answer skips the
       coroutine and its error boundary. The async ``getxattr`` remains for pyfuse3's
-      XATTR_CREATE/XATTR_REPLACE checks of setxattr.
+      XATTR_CREATE/XATTR_REPLACE checks of setxattr;
+    * ``read_before_wait``: the session loop reads a queued request before it waits for the
+      FUSE fd. Handlers then run back to back while requests are queued (the loop yields
+      every 16), so no handler may block the event loop (none does: blocking I/O is in
+      worker threads).
 
 Not exposed by pyfuse3 3.5: copy_file_range, lseek SEEK_DATA/SEEK_HOLE, ioctl, poll on files,
 file locks (the kernel handles flock/POSIX locks locally).
