@@ -63,7 +63,7 @@ def decode_data(payload: bytes) -> tuple[int, memoryview]:
 
 def encode_stripe(writes: Sequence[MemberWrite]) -> bytes:
     """``STRIPE`` payload: count u32, then per write member u32, offset u64, length u32, bytes."""
-    parts = [struct.pack("<I", len(writes))]
+    parts: list[ByteData] = [struct.pack("<I", len(writes))]
     for w in writes:
         parts.append(_STRIPE_ENTRY.pack(w.member, w.offset, len(w.data)))
         parts.append(w.data)

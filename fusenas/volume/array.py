@@ -40,6 +40,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
 import trio
 
 from fusenas.errors import DataLostError
@@ -54,6 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Bytes of data from which a run of full stripes is laid out and its parity computed in a
+#: worker thread instead of on the event loop (the hop costs ~60 us; 1 MiB of RAID6 ~1 ms).
+OFFLOAD_BYTES = 1 << 20
+
 #: Default deadline of one member I/O, seconds. A member that does not answer in time is
 #: failed and the request is served from redundancy.
 DEFAULT_IO_TIMEOUT = 30.0
@@ -65,7 +71,7 @@ class MemberWrite:
 
     member: int
     offset: int
-    data: bytes
+    data: ByteData
 
 
 JournalHook = Callable[[Sequence[MemberWrite]], Awaitable[None]]
@@ -590,8 +596,10 @@ class Array:
 
         Parity comes from the new data alone (no reads, no journal: every data block of the
         rows is rewritten), and each member gets one write for the whole run, since member
-        ranges of consecutive stripes are contiguous; a run of k stripes is ``members`` writes
-        instead of ``k * members``. Row locks are taken in ascending stripe order (never
+        ranges of consecutive stripes are contiguous (``full_stripe_writes``); a run of k
+        stripes is ``members`` writes instead of ``k * members``. Runs of ``OFFLOAD_BYTES`` or
+        more are laid out and their parity computed in a worker thread (numpy releases the
+        GIL), off the event loop. Row locks are taken in ascending stripe order (never
         deadlocks with single-row lockers). A down member misses its write, as in ``issue``.
         """
         g = self.geometry
@@ -599,34 +607,15 @@ class Array:
         count, rest = divmod(view.nbytes, g.stripe_data_size)
         if rest or count == 0:
             raise ValueError(f"{view.nbytes} bytes is not a whole number of stripes")
-        chunk, ndata = g.chunk, g.data_per_stripe
-        per_member: list[list[ByteData]] = [[] for _ in range(g.members)]
         async with contextlib.AsyncExitStack() as stack:
             for stripe in range(first, first + count):
                 await stack.enter_async_context(self.stripe_lock(stripe))
-            for k in range(count):
-                stripe = first + k
-                base = k * g.stripe_data_size
-                chunks = [view[base + i * chunk : base + (i + 1) * chunk] for i in range(ndata)]
-                for i, c in enumerate(chunks):
-                    for m in g.data_copies(stripe, i):
-                        per_member[m].append(c)
-                if g.parity_count == 1:
-                    per_member[g.parity_members(stripe)[0]].append(parity.gen_p(chunks))
-                elif g.parity_count == 2:
-                    pm, qm = g.parity_members(stripe)
-                    p, q = parity.gen_pq(chunks)
-                    per_member[pm].append(p)
-                    per_member[qm].append(q)
-            # Mirrors share one joined buffer (the same chunk views, so the same ids).
-            joined: dict[tuple[int, ...], bytes] = {}
-            writes = []
-            for member, parts in enumerate(per_member):
-                assert len(parts) == count, "every member holds one chunk of every stripe"
-                key = tuple(map(id, parts))
-                if key not in joined:
-                    joined[key] = b"".join(parts)
-                writes.append(MemberWrite(member, self.data_offset + first * chunk, joined[key]))
+            if view.nbytes >= OFFLOAD_BYTES:
+                writes = await trio.to_thread.run_sync(
+                    full_stripe_writes, g, self.data_offset, first, view
+                )
+            else:
+                writes = full_stripe_writes(g, self.data_offset, first, view)
             await self.issue(writes)
 
     async def _write_parity_stripe(
@@ -725,6 +714,55 @@ class Array:
         if failed:
             raise _MemberFailed(failed[0])
         return out
+
+
+def full_stripe_writes(
+    g: Geometry, data_offset: int, first: int, data: memoryview
+) -> list[MemberWrite]:
+    """The member writes that store whole stripes ``first, …`` holding ``data`` (logical
+    order, a multiple of ``stripe_data_size`` bytes): one write per member covering the run,
+    parity included. Pure (no I/O, no state), safe in a worker thread; ``data`` is read, never
+    kept beyond the returned views. Members whose bytes are the same (mirrors) share one
+    buffer, and a member holding one data index of every stripe (RAID1, RAID0/10 without
+    rotation) gets a view or a single strided copy."""
+    chunk, ndata = g.chunk, g.data_per_stripe
+    count = data.nbytes // g.stripe_data_size
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(count, ndata, chunk)
+    p = q = None
+    if g.parity_count:
+        p, q = parity.gen_rows(rows, want_q=g.parity_count == 2)
+    # What each member holds in each stripe of the run: ("d", data index), ("p"), ("q").
+    plans: dict[int, list[tuple[str, int]]] = {m: [] for m in range(g.members)}
+    for k in range(count):
+        stripe = first + k
+        for i in range(ndata):
+            for m in g.data_copies(stripe, i):
+                plans[m].append(("d", i))
+        for kind, m in zip("pq", g.parity_members(stripe), strict=False):
+            plans[m].append((kind, 0))
+    built: dict[tuple[tuple[str, int], ...], npt.NDArray[np.uint8]] = {}
+    writes = []
+    for member in range(g.members):
+        plan = tuple(plans[member])
+        assert len(plan) == count, "every member holds one chunk of every stripe"
+        if plan not in built:
+            if len(set(plan)) == 1 and plan[0][0] == "d":
+                buf = np.ascontiguousarray(rows[:, plan[0][1]])  # a view when ndata == 1
+            else:
+                buf = np.empty((count, chunk), dtype=np.uint8)
+                for k, (kind, i) in enumerate(plan):
+                    if kind == "d":
+                        buf[k] = rows[k, i]
+                    elif kind == "p":
+                        assert p is not None
+                        buf[k] = p[k]
+                    else:
+                        assert q is not None
+                        buf[k] = q[k]
+            built[plan] = buf
+        view = built[plan].reshape(-1).data  # a memoryview, no copy
+        writes.append(MemberWrite(member, data_offset + first * chunk, view))
+    return writes
 
 
 def _merge(old: ByteData, pieces: list[tuple[Piece, memoryview]], index: int, lo: int) -> bytes:

@@ -190,6 +190,30 @@ def gen_pq(data: Sequence[ByteData]) -> tuple[bytes, bytes]:
     return _to_bytes(p, length), _to_bytes(q, length)
 
 
+def gen_rows(rows: U8, *, want_q: bool) -> tuple[U8, U8 | None]:
+    """P (and Q if ``want_q``) of many stripes at once.
+
+    ``rows`` is a C-contiguous uint8 array of shape (stripes, data blocks, length), ``length``
+    a multiple of 8; the results have shape (stripes, length). One numpy pass per data index
+    over all stripes, no Python loop per stripe; numpy releases the GIL while it runs, so
+    callers may run this in a worker thread.
+    """
+    _, ndata, length = rows.shape
+    if length % 8:
+        raise ValueError(f"row length {length} is not a multiple of 8")
+    words = rows.view(np.uint64)
+    p = np.bitwise_xor.reduce(words, axis=1)
+    if not want_q:
+        return p.view(np.uint8), None
+    _check_count(ndata)
+    q = words[:, ndata - 1].copy()
+    tmp = np.empty_like(q)
+    for i in range(ndata - 2, -1, -1):  # Horner, as in _syndrome
+        _mul2_inplace(q, tmp)
+        np.bitwise_xor(q, words[:, i], out=q)
+    return p.view(np.uint8), q.view(np.uint8)
+
+
 def update_p(old_p: ByteData, old_d: ByteData, new_d: ByteData) -> bytes:
     """P after one data block changes from ``old_d`` to ``new_d`` (read-modify-write)."""
     length = _block_len([old_p, old_d, new_d])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import random
+import threading
 
 import pytest
 import trio
@@ -223,3 +224,35 @@ async def test_full_stripe_runs_equal_stripe_by_stripe_writes(level: Level, memb
     data2 = rng.randbytes(2 * g.stripe_data_size)
     await by_run.write_full_stripes(0, data2)
     assert await by_run.read(0, len(data2)) == data2
+
+
+@pytest.mark.parametrize("level,members", [(Level.RAID1, 2), (Level.RAID5, 4), (Level.RAID6, 5)])
+async def test_large_full_stripe_runs_are_computed_off_the_event_loop(
+    level: Level, members: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of at least OFFLOAD_BYTES is laid out (parity included) in a worker thread, a
+    smaller one on the event loop; both give the same member bytes as stripe-by-stripe
+    writes."""
+    from fusenas.volume import array as array_module
+
+    threads: list[int] = []
+    real = array_module.full_stripe_writes
+
+    def spy(*args: object) -> list[array_module.MemberWrite]:
+        threads.append(threading.get_ident())
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(array_module, "full_stripe_writes", spy)
+    chunk = 64 << 10
+    by_run, by_run_devs = make_array(level, members, chunk, 24)
+    by_stripe, by_stripe_devs = make_array(level, members, chunk, 24)
+    g = by_run.geometry
+    big = -(-array_module.OFFLOAD_BYTES // g.stripe_data_size)
+    rng = random.Random(members)
+    for first, count in [(2, big), (2 + big, 1)]:
+        data = rng.randbytes(count * g.stripe_data_size)
+        await by_stripe.write(first * g.stripe_data_size, data)
+        await by_run.write_full_stripes(first, data)
+    main = threading.get_ident()
+    assert threads[0] != main and threads[1] == main, threads
+    assert [d.data for d in by_run_devs] == [d.data for d in by_stripe_devs]

@@ -187,3 +187,19 @@ def test_data_lost_is_one_line() -> None:
         parity.recover([None, None, b"\0" * 8], b"\0" * 8)
     assert "\n" not in str(info.value)
     assert "D0, D1" in str(info.value)
+
+
+@pytest.mark.parametrize("ndata", [1, 2, 3, 6])
+def test_gen_rows_equals_gen_p_and_gen_pq_per_stripe(ndata: int) -> None:
+    """P and Q of many stripes in one pass equal the per-stripe functions."""
+    rng = np.random.default_rng(ndata)
+    rows = rng.integers(0, 256, size=(5, ndata, 4096), dtype=np.uint8)
+    p, q = parity.gen_rows(rows, want_q=True)
+    p_only, none = parity.gen_rows(rows, want_q=False)
+    assert none is None and q is not None
+    for k in range(5):
+        blocks = [rows[k, i].tobytes() for i in range(ndata)]
+        assert p[k].tobytes() == p_only[k].tobytes() == parity.gen_p(blocks)
+        assert (p[k].tobytes(), q[k].tobytes()) == parity.gen_pq(blocks)
+    with pytest.raises(ValueError):
+        parity.gen_rows(rows[:, :, :4095].copy(), want_q=False)
