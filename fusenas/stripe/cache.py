@@ -162,11 +162,15 @@ class StripeCache:
         afterwards (FileStore hands over a fresh buffer per chunk; replay, the log's payload).
 
         ``journal=False`` is for recovery only: the data is already in the log being replayed.
-        Waits while the cache is full (backpressure).
+        Waits while the cache is full (backpressure), except in recovery: no flusher runs
+        while the log is replayed (flushing would append ``STRIPE`` records to the log being
+        read), so waiting would hang the mount. Recovery's cache is bounded by the log
+        instead: at most the ordinary half of it (``WriteAheadLog.headroom``), held as views
+        of the replayed payloads; the checkpoint that ends recovery flushes it.
         """
         if offset % BLOCK_SIZE or len(data) % BLOCK_SIZE:
             raise ValueError("stripe cache writes must be whole, aligned blocks")
-        while self._dirty_bytes + len(data) > self.max_dirty and self._dirty_bytes > 0:
+        while journal and self._dirty_bytes + len(data) > self.max_dirty and self._dirty_bytes > 0:
             self._waiting_writers += 1
             self._wake.set()
             try:

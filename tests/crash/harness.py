@@ -205,7 +205,9 @@ class Workload:
         elif choice < 0.55:
             content = bytearray(self.model[f][1])
             off = rng.randrange(len(content) + 8192)
-            size = rng.choice([1, 100, 4096, 5000, 20000, 70000])
+            # 200000 bytes: several full stripes at once (runs), and logs holding more data
+            # than the cache (max_dirty 64 KiB) at the cut.
+            size = rng.choice([1, 100, 4096, 5000, 20000, 70000, 200000])
             data = rng.randbytes(size)
             await self.files.write(self._ino(f), off, data)
             if off > len(content):
