@@ -137,13 +137,6 @@ class _SharedFd:
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 #: Larger reads always go to a worker thread (a copy that long would stall the event loop).
 _MAX_CACHED_READ = 256 << 10
-#: Member prefetch. A read that starts at most ``_SEQUENTIAL_GAP`` bytes after the previous
-#: read of the device ended continues a sequential stream: a striped stream steps over the
-#: parity chunks (RAID5: one in n, RAID6: two), which breaks the kernel's own readahead
-#: detection. When such a read misses the page cache, the worker thread first asks the
-#: kernel (``POSIX_FADV_WILLNEED``, which does not wait) for the next ``_PREFETCH`` bytes.
-_SEQUENTIAL_GAP = 256 << 10
-_PREFETCH = 4 << 20
 
 #: At most this many queued writes go into one ``pwritev`` (well under ``IOV_MAX``).
 _MAX_IOV = 64
@@ -317,8 +310,6 @@ class FileDevice:
         self._queue: list[_WriteRequest] = []
         #: Try ``RWF_NOWAIT`` reads on the event loop first (see "Cached reads").
         self._nowait = _RWF_NOWAIT != 0
-        #: End offset of the last read (``_SEQUENTIAL_GAP``); -huge: no stream yet.
-        self._read_end = -(1 << 62)
         self._batch_running = False
         self._submit_scheduled = False
 
@@ -421,21 +412,14 @@ class FileDevice:
         under us. ``ValueError`` if the range leaves ``[0, size)``; ``OSError`` on I/O errors.
         Cancellation abandons the thread (a read has no effect to worry about).
         """
-        sequential = 0 <= offset - self._read_end <= _SEQUENTIAL_GAP
-        self._read_end = offset + length
         cached = self.read_nowait(offset, length)
         if cached is not None:
             await trio.lowlevel.checkpoint()
             return cached
         is_block = self._is_block_device
         name = self._name
-        ahead = min(_PREFETCH, self._size - (offset + length)) if sequential else 0
 
         def do_read(fd: int) -> bytes:
-            if ahead > 0:
-                # Start reading the next window (asynchronously): the reads that follow
-                # are then served from the page cache on the event loop.
-                os.posix_fadvise(fd, offset + length, ahead, os.POSIX_FADV_WILLNEED)
             first = os.pread(fd, length, offset)
             if len(first) == length:
                 return first

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import shutil
 import subprocess
@@ -357,51 +355,3 @@ async def test_create_file_sparse_or_allocated(tmp_path: Path) -> None:
     assert sparse.st_blocks == 0
     assert allocated.st_blocks * 512 >= size
     assert (tmp_path / "allocated").read_bytes() == bytes(size)
-
-
-def resident(path: Path, offset: int, length: int) -> bool:
-    """True if the page cache holds every page of the range, asked with mincore(2) on a
-    mapping (no read, so no readahead: an RWF_NOWAIT probe would start one itself)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
-        base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-        page = mmap.PAGESIZE
-        pages = length // page
-        vec = ctypes.create_string_buffer(pages)
-        assert libc.mincore(base + offset, length, vec) == 0, ctypes.get_errno()
-        return all(b & 1 for b in vec.raw)
-
-
-async def test_a_sequential_miss_prefetches_the_next_window(tmp_path: Path) -> None:
-    """A read that misses the page cache and continues the previous read (skipping at most
-    a parity chunk or two, as a striped stream does) makes the worker thread ask the kernel
-    for the next window; a read elsewhere does not."""
-    path = tmp_path / "m0"
-    dev = await make(tmp_path, 16 * MiB)
-    await dev.write(0, os.urandom(16 * MiB))
-    await dev.flush()
-
-    def drop() -> None:
-        fd = os.open(path, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-
-    drop()
-    if resident(path, 2 * MiB, 64 * 1024):
-        pytest.skip("this file system keeps the pages after DONTNEED")
-
-    async def resident_soon(offset: int) -> bool:
-        for _ in range(30):  # WILLNEED starts the reads; they complete in the background
-            if resident(path, offset, 64 * 1024):
-                return True
-            await trio.sleep(0.1)
-        return False
-
-    await dev.read(9 * MiB, 64 * 1024)  # a jump: no stream
-    await dev.read(0, 64 * 1024)
-    assert not await resident_soon(2 * MiB), "a read that starts a stream prefetches nothing"
-    drop()  # the kernel's own readahead of that read must not serve the next one
-    await dev.read(192 * 1024, 64 * 1024)  # skips two 64 KiB chunks: the stream goes on
-    assert await resident_soon(2 * MiB), "the next window was not prefetched"
-    await dev.aclose()
