@@ -120,6 +120,14 @@ def _fuse_error(name: str, e: Exception) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
+def _failed(ops: Any, name: str, started: float, e: Exception) -> pyfuse3.FUSEError:
+    """The ``FUSEError`` for a handler that raised ``e``, counted as a failed ``name``
+    request (shared by ``_boundary`` and ``_sync_boundary``)."""
+    err = _fuse_error(name, e)
+    ops.op_stats.observe(name, time.perf_counter() - started, errno=err.errno)
+    return err
+
+
 def _boundary(
     fn: Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]],
 ) -> Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]]:
@@ -134,9 +142,7 @@ def _boundary(
         try:
             result = await fn(self, *args, **kwargs)
         except Exception as e:
-            err = _fuse_error(name, e)
-            self.op_stats.observe(name, time.perf_counter() - started, errno=err.errno)
-            raise err from None
+            raise _failed(self, name, started, e) from None
         self.op_stats.observe(name, time.perf_counter() - started, result)
         return result
 
@@ -156,9 +162,7 @@ def _sync_boundary(
         try:
             result = fn(self, *args, **kwargs)
         except Exception as e:
-            err = _fuse_error(name, e)
-            self.op_stats.observe(name, time.perf_counter() - started, errno=err.errno)
-            raise err from None
+            raise _failed(self, name, started, e) from None
         self.op_stats.observe(name, time.perf_counter() - started, result)
         return result
 
