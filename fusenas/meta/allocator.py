@@ -19,12 +19,23 @@ Invariants:
 Policy of ``allocate(count, goal=, stripe_blocks=)``, in order:
 
 1. ``goal`` (the block after the file's previous block): take as much as is free from there,
-   so files grow contiguously;
+   so files grow contiguously — unless the free blocks there are a hole (they end before the
+   stripe after the goal's does) left by an overwrite: filling it would be a partial-stripe
+   update;
 2. requests of at least ``stripe_blocks`` prefer the smallest free run that holds the request
    starting on a stripe boundary (full-stripe writes need no read-modify-write);
-3. otherwise the smallest free run that holds the whole request (best fit; small files pack
-   into holes and leave big runs whole);
-4. otherwise several runs, largest first (fewest pieces).
+3. smaller requests fill a *small-write stripe* — a wholly free, aligned stripe, the
+   smallest free run that holds one — from a cursor, block after block, then the next such
+   stripe. Copy-on-write turns every overwrite into an allocation; if each took the best-fit
+   hole (the block some earlier overwrite freed), every 4 KiB write would land in a different
+   stripe and cost a parity read-modify-write. Consecutive small allocations instead fill
+   whole stripes, which the stripe cache writes as full stripes (WAFL's and ZFS's answer);
+4. otherwise (no wholly free stripe left, or ``stripe_blocks`` 1) the smallest free run that
+   holds the whole request (best fit; small pieces pack into holes, big runs stay whole);
+5. otherwise several runs, largest first (fewest pieces).
+
+The cursor is a hint, not state: allocations are never replayed (the journal records the
+chosen blocks), so it need not survive a restart.
 """
 
 from __future__ import annotations
@@ -151,12 +162,16 @@ class RunSet:
 class Allocator(RunSet):
     """The free blocks of the data area ``[0, data_blocks)``. See the module docstring."""
 
-    __slots__ = ("_by_size", "data_blocks")
+    __slots__ = ("_by_size", "_cursor", "_cursor_end", "data_blocks")
 
     def __init__(self, data_blocks: int, *, all_free: bool = True) -> None:
         self._by_size: list[tuple[int, int]] = []
         super().__init__()
         self.data_blocks = data_blocks
+        # The small-write stripe: blocks [_cursor, _cursor_end) are where the next small
+        # allocation looks first (an empty range: choose a new stripe).
+        self._cursor = 0
+        self._cursor_end = 0
         if all_free and data_blocks > 0:
             self.add(0, data_blocks)
 
@@ -220,27 +235,30 @@ class Allocator(RunSet):
             raise NoSpaceError(f"need {count} blocks, {self.total} free")
         out: list[VolRun] = []
         need = count
+        stripe = max(stripe_blocks, 1)
         if goal is not None and 0 <= goal < self.data_blocks:
             i = bisect_right(self._starts, goal) - 1
             if i >= 0:
                 s = self._starts[i]
                 avail = s + self._lens[s] - goal
-                if avail > 0:
+                if avail > 0 and self._goal_fills_stripe(goal, avail, stripe):
                     n = min(avail, need)
                     self.remove(goal, n)
                     out.append((goal, n))
                     need -= n
         if need == 0:
             return out
-        stripe = max(stripe_blocks, 1)
-        k = bisect_left(self._by_size, (need, -1))
         if need >= stripe > 1:
-            for ln, s in self._by_size[k:]:
-                a = -(-s // stripe) * stripe
-                if a + need <= s + ln:
-                    self.remove(a, need)
-                    out.append((a, need))
-                    return _merged(out)
+            a = self._aligned_fit(need, stripe)
+            if a is not None:
+                self.remove(a, need)
+                out.append((a, need))
+                return _merged(out)
+        elif stripe > 1:
+            need = self._from_cursor(need, stripe, out)
+            if need == 0:
+                return _merged(out)
+        k = bisect_left(self._by_size, (need, -1))
         if k < len(self._by_size):
             _ln, s = self._by_size[k]
             self.remove(s, need)
@@ -253,6 +271,48 @@ class Allocator(RunSet):
             out.append((s, n))
             need -= n
         return _merged(out)
+
+    def _goal_fills_stripe(self, goal: int, avail: int, stripe: int) -> bool:
+        """Whether to take blocks at ``goal`` (``avail`` free from there): only in open space
+        (free through the goal's stripe and the whole next one) or in the small-write
+        stripe. A hole some overwrite left — where policy 1 would put the file's next block
+        — would make the write a partial-stripe update."""
+        open_end = (goal // stripe + 2) * stripe
+        return goal + avail >= open_end or self._cursor <= goal < self._cursor_end
+
+    def _aligned_fit(self, need: int, stripe: int) -> int | None:
+        """The stripe-aligned start of ``need`` free blocks in the smallest free run that has
+        room for them, or None."""
+        for ln, s in self._by_size[bisect_left(self._by_size, (need, -1)) :]:
+            a = -(-s // stripe) * stripe
+            if a + need <= s + ln:
+                return a
+        return None
+
+    def _from_cursor(self, need: int, stripe: int, out: list[VolRun]) -> int:
+        """Take up to ``need`` blocks from small-write stripes (policy 3), appending them to
+        ``out``; return how many are still needed (more than 0 only when no wholly free
+        stripe is left)."""
+        while need > 0:
+            if self._cursor >= self._cursor_end:
+                a = self._aligned_fit(stripe, stripe)
+                if a is None:
+                    return need
+                self._cursor, self._cursor_end = a, a + stripe
+            # A goal allocation may have taken blocks of the stripe: skip to a free one.
+            i = bisect_right(self._starts, self._cursor) - 1
+            s = self._starts[i] if i >= 0 else -1
+            if i < 0 or s + self._lens[s] <= self._cursor:
+                if i + 1 >= len(self._starts) or self._starts[i + 1] >= self._cursor_end:
+                    self._cursor = self._cursor_end
+                    continue
+                s = self._cursor = self._starts[i + 1]
+            n = min(need, s + self._lens[s] - self._cursor, self._cursor_end - self._cursor)
+            self.remove(self._cursor, n)
+            out.append((self._cursor, n))
+            self._cursor += n
+            need -= n
+        return 0
 
 
 def _merged(runs: list[VolRun]) -> list[VolRun]:

@@ -79,11 +79,12 @@ class Mapping:
 class ExtentMap:
     """The block map of one regular file. See the module docstring for the invariants."""
 
-    __slots__ = ("_runs", "_starts")
+    __slots__ = ("_blocks", "_runs", "_starts")
 
     def __init__(self) -> None:
         self._runs: list[Run] = []
         self._starts: list[int] = []
+        self._blocks = 0  # sum of the runs' counts, kept so that getattr is O(1)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -103,7 +104,11 @@ class ExtentMap:
 
     def blocks(self) -> int:
         """The number of mapped file blocks (unwritten ones included)."""
-        return sum(r.count for r in self._runs)
+        return self._blocks
+
+    def last_run(self) -> Run | None:
+        """The run with the highest file blocks, or None for an empty map."""
+        return self._runs[-1] if self._runs else None
 
     def end_block(self) -> int:
         """One past the last mapped file block; 0 for an empty map."""
@@ -181,6 +186,7 @@ class ExtentMap:
         if freed:
             runs[i:j] = keep
             self._starts[i:j] = [r.file_block for r in keep]
+            self._blocks -= sum(n for _, n in freed)
         return freed
 
     def truncate(self, keep_below: int) -> list[VolRun]:
@@ -207,6 +213,7 @@ class ExtentMap:
             at += n
         self._runs[i:i] = new
         self._starts[i:i] = [r.file_block for r in new]
+        self._blocks += pos - first
         # Merge inside the new runs and at both edges, right to left so indexes stay valid.
         for k in range(i + len(new), i - 1, -1):
             self._merge_with_next(k - 1)
@@ -230,6 +237,7 @@ class ExtentMap:
         assert not self._runs or file_block >= self._runs[-1].file_end
         self._runs.append(Run(file_block, vol_block, len(crcs), crcs))
         self._starts.append(file_block)
+        self._blocks += len(crcs)
         self._merge_with_next(len(self._runs) - 2)
 
     def check_invariants(self) -> list[str]:
@@ -238,6 +246,8 @@ class ExtentMap:
         prev: Run | None = None
         if self._starts != [r.file_block for r in self._runs]:
             problems.append("start index out of sync with runs")
+        if self._blocks != sum(r.count for r in self._runs):
+            problems.append(f"block count {self._blocks} out of sync with runs")
         for r in self._runs:
             if r.count < 1 or len(r.crcs) != r.count:
                 problems.append(f"{r!r} has a bad count or {len(r.crcs)} checksums")

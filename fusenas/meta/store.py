@@ -531,8 +531,8 @@ class MetadataStore:
             prev = ext.vol_block_of(first_block - 1)
             if prev is not None:
                 goal = prev + 1
-        if goal is None and len(ext):
-            last = list(ext)[-1]
+        last = ext.last_run()
+        if goal is None and last is not None:
             goal = last.vol_block + last.count
         try:
             runs = self.allocator.allocate(count, goal=goal, stripe_blocks=self.stripe_blocks)

@@ -56,7 +56,23 @@ def test_large_requests_are_stripe_aligned():
     assert runs == [(16, 32)]
 
 
-def test_small_requests_best_fit():
+def test_small_requests_fill_whole_free_stripes_before_holes():
+    a = Allocator(200)
+    a.mark_used([(0, 64)])
+    a.free([(5, 1), (17, 1), (30, 2)])  # holes an overwrite workload leaves behind
+    got = [a.allocate(1, stripe_blocks=8) for _ in range(12)]
+    assert _blocks([r for runs in got for r in runs]) == list(range(64, 76))
+    # A request crossing the end of the small-write stripe continues in the next one.
+    assert a.allocate(6, stripe_blocks=8) == [(76, 6)]
+    # Blocks of the stripe taken by a goal allocation are skipped, not waited for.
+    assert a.allocate(1, goal=82, stripe_blocks=8) == [(82, 1)]
+    assert a.allocate(3, stripe_blocks=8) == [(83, 3)]
+    # A goal in a hole (free only up to inside its stripe) is not taken either.
+    assert a.allocate(1, goal=17, stripe_blocks=8) == [(86, 1)]
+    assert a.allocate(9, goal=30, stripe_blocks=8) == [(88, 9)]
+
+
+def test_small_requests_best_fit_when_no_whole_stripe_is_free():
     a = Allocator(100)
     a.mark_used([(0, 10), (13, 10), (30, 70)])  # free: [10,13) size 3, [23,30) size 7
     assert a.allocate(3, goal=None, stripe_blocks=16) == [(10, 3)]
