@@ -279,18 +279,20 @@ class TimedDevice:
         finally:
             s.end("flush", started, 0, failed)
 
-    async def write_many(self, writes: Sequence[tuple[int, ByteData]], *, flush: bool) -> None:
+    async def write_many(
+        self, writes: Sequence[tuple[int, Sequence[ByteData]]], *, flush: bool
+    ) -> None:
         """Several writes (and a flush) in one call, timed as writes and a flush; forwards to
         the device's own ``write_many`` (one thread hop: the WAL's commit path) if it has one."""
         inner = getattr(type(self._dev), "write_many", None)
         if inner is None:
-            for offset, data in writes:
-                await self.write(offset, data)
+            for offset, bufs in writes:
+                await self.write(offset, b"".join(bufs))
             if flush:
                 await self.flush()
             return
         s = self._stats
-        nbytes = sum(len(d) for _, d in writes)
+        nbytes = sum(len(b) for _, bufs in writes for b in bufs)
         s.in_flight += 1
         started = time.perf_counter()
         failed = True

@@ -253,16 +253,20 @@ class FileStore:
         first = offset // BLOCK_SIZE
         last = (end - 1) // BLOCK_SIZE
         count = last - first + 1
-        buf = bytearray(count * BLOCK_SIZE)
         head = offset - first * BLOCK_SIZE
         tail = (last + 1) * BLOCK_SIZE - end
-        if head:
-            buf[:BLOCK_SIZE] = await self._read_blocks(ino, first, 1)
-        if tail and (last != first or not head):
-            buf[-BLOCK_SIZE:] = await self._read_blocks(ino, last, 1)
-        buf[head : head + len(data)] = data
-        view = memoryview(buf)
-        crcs = [_crc(view[i : i + BLOCK_SIZE]) for i in range(0, len(buf), BLOCK_SIZE)]
+        view = memoryview(data)
+        if head or tail or not isinstance(view.obj, bytes):
+            # Merge with the old edge blocks into a fresh buffer. Whole blocks of immutable
+            # bytes (every FUSE write) skip the copy: the cache and the log keep views.
+            buf = bytearray(count * BLOCK_SIZE)
+            if head:
+                buf[:BLOCK_SIZE] = await self._read_blocks(ino, first, 1)
+            if tail and (last != first or not head):
+                buf[-BLOCK_SIZE:] = await self._read_blocks(ino, last, 1)
+            buf[head : head + len(data)] = data
+            view = memoryview(buf)
+        crcs = [_crc(view[i : i + BLOCK_SIZE]) for i in range(0, len(view), BLOCK_SIZE)]
         new_size = end if extend and end > node.size else None
         await self._map_new(ino, first, view, crcs, new_size)
 

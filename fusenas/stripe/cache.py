@@ -51,9 +51,10 @@ _STRIPE_ENTRY = struct.Struct("<IQI")
 MAX_RUN_BYTES = 4 << 20
 
 
-def encode_data(offset: int, data: ByteData) -> bytes:
-    """``DATA`` payload: logical offset u64, then the bytes."""
-    return b"".join((_DATA_HEADER.pack(offset), data))  # one copy, not two
+def encode_data(offset: int, data: ByteData) -> tuple[bytes, ByteData]:
+    """``DATA`` payload: logical offset u64, then the bytes, as parts (``data`` is not
+    copied: the log writes it from the caller's buffer)."""
+    return (_DATA_HEADER.pack(offset), data)
 
 
 def decode_data(payload: bytes) -> tuple[int, memoryview]:

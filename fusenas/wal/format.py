@@ -103,11 +103,27 @@ def record_crc(header_tail: ByteData, payload: ByteData) -> int:
     return int(_crc32c.crc32c(payload, _crc32c.crc32c(header_tail)))
 
 
+#: A record's payload: one buffer, or a tuple of parts concatenated on the device.
+Payload = ByteData | tuple[ByteData, ...]
+
+
+def record_parts(type: RecordType, lsn: LSN, payload: Payload) -> list[ByteData]:
+    """One record as buffers to write back to back: its header, then the payload, given as
+    parts (byte-format buffers) that are concatenated on the device, not in memory. The
+    parts are referenced, not copied: they must not change until written."""
+    if not isinstance(payload, tuple):
+        payload = (payload,)
+    length = sum(len(p) for p in payload)
+    header = _RECORD_HEADER.pack(0, length, int(type), lsn)
+    crc = _crc32c.crc32c(memoryview(header)[4:])
+    for part in payload:
+        crc = _crc32c.crc32c(part, crc)
+    return [_RECORD_HEADER.pack(int(crc), length, int(type), lsn), *payload]
+
+
 def encode_record(type: RecordType, lsn: LSN, payload: ByteData) -> bytes:
     """The bytes of one record: header then payload."""
-    header = _RECORD_HEADER.pack(0, len(payload), int(type), lsn)
-    crc = record_crc(memoryview(header)[4:], payload)
-    return _RECORD_HEADER.pack(crc, len(payload), int(type), lsn) + bytes(payload)
+    return b"".join(record_parts(type, lsn, payload))
 
 
 def encode_pad(lsn: LSN, offset: int, log_size: int) -> bytes:

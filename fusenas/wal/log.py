@@ -68,15 +68,16 @@ from fusenas.wal.format import (
     RECORD_HEADER_SIZE,
     RECORDS_START,
     LogPosition,
+    Payload,
     RecordType,
     decode_header,
     decode_log_header,
     encode_log_header,
     encode_pad,
-    encode_record,
     header_acceptable,
     next_offset,
     payload_valid,
+    record_parts,
     record_size,
 )
 
@@ -157,7 +158,8 @@ class WriteAheadLog:
         self._durable_lsn = LSN(self._next_lsn - 1)
         self._tail_v = tail_vpos
         self._head_v = head_vpos
-        self._pending: deque[tuple[_Slot, bytes]] = deque()
+        #: Encoded records not yet written: the slot and its buffers (``record_parts``).
+        self._pending: deque[tuple[_Slot, list[ByteData]]] = deque()
         self._pending_bytes = 0
         self._committing = False
         self._commit_done = trio.Event()
@@ -375,8 +377,11 @@ class WriteAheadLog:
                 f"(at most {self.max_record_size})"
             )
 
-    def append_nowait(self, type: RecordType, payload: ByteData, *, urgent: bool = False) -> LSN:
+    def append_nowait(self, type: RecordType, payload: Payload, *, urgent: bool = False) -> LSN:
         """Encode a record into the pending buffer and return its LSN; never awaits.
+
+        The payload's buffers are referenced until the record is written (no copy): the
+        caller must not change them afterwards.
 
         ``trio.WouldBlock`` if the log has no room until ``reclaim``; JournalError if the record
         can never fit, or the log failed or is closed. Only ``urgent`` records may use the
@@ -387,7 +392,9 @@ class WriteAheadLog:
         self._usable()
         if type == RecordType.PAD:
             raise ValueError("PAD records are written by the log itself")
-        size = record_size(len(payload))
+        if not isinstance(payload, tuple):
+            payload = (payload,)
+        size = record_size(sum(len(p) for p in payload))
         self._check_size(size)
         pad, end = self._place(size)
         if end + RECORD_HEADER_SIZE > self._limit(urgent):
@@ -396,25 +403,25 @@ class WriteAheadLog:
             offset = self._offset(self._head_v)
             self._push(
                 _Slot(self._next_lsn, offset, pad, RecordType.PAD, self._head_v),
-                encode_pad(self._next_lsn, offset, self._log_size),
+                [encode_pad(self._next_lsn, offset, self._log_size)],
             )
             self._head_v += pad
         lsn = self._next_lsn
         self._push(
             _Slot(lsn, self._offset(self._head_v), size, type, self._head_v),
-            encode_record(type, lsn, payload),
+            record_parts(type, lsn, payload),
         )
         self._head_v = end
         self._appends += 1
         return lsn
 
-    def _push(self, slot: _Slot, data: bytes) -> None:
+    def _push(self, slot: _Slot, parts: list[ByteData]) -> None:
         self._slots.append(slot)
-        self._pending.append((slot, data))
-        self._pending_bytes += len(data)
+        self._pending.append((slot, parts))
+        self._pending_bytes += slot.size
         self._next_lsn = LSN(self._next_lsn + 1)
 
-    async def append(self, type: RecordType, payload: ByteData, *, urgent: bool = False) -> LSN:
+    async def append(self, type: RecordType, payload: Payload, *, urgent: bool = False) -> LSN:
         """``append_nowait``, waiting for ``reclaim`` while the log is full (backpressure).
 
         Cancellation: while waiting; nothing has been appended then. Waiters are not served in
@@ -477,11 +484,11 @@ class WriteAheadLog:
             self._commit_done = trio.Event()
             done.set()
 
-    def _take_batch(self) -> list[tuple[_Slot, bytes]]:
-        batch: list[tuple[_Slot, bytes]] = []
+    def _take_batch(self) -> list[tuple[_Slot, list[ByteData]]]:
+        batch: list[tuple[_Slot, list[ByteData]]] = []
         total = 0
         while self._pending:
-            n = len(self._pending[0][1])
+            n = self._pending[0][0].size
             if batch and total + n > MAX_BATCH_BYTES:
                 break
             batch.append(self._pending.popleft())
@@ -489,19 +496,22 @@ class WriteAheadLog:
         self._pending_bytes -= total
         return batch
 
-    async def _write_batch(self, batch: list[tuple[_Slot, bytes]]) -> None:
-        runs: list[tuple[int, bytearray]] = []
-        for slot, data in batch:
-            if runs and runs[-1][0] + len(runs[-1][1]) == slot.offset:
-                runs[-1][1].extend(data)
+    async def _write_batch(self, batch: list[tuple[_Slot, list[ByteData]]]) -> None:
+        # Runs of records contiguous on the device, each written as one vector of buffers.
+        runs: list[tuple[int, list[ByteData]]] = []
+        end = -1
+        for slot, parts in batch:
+            if slot.offset == end:
+                runs[-1][1].extend(parts)
             else:
-                runs.append((slot.offset, bytearray(data)))
+                runs.append((slot.offset, list(parts)))
+            end = slot.offset + slot.size
         last = batch[-1][0]
         term = next_offset(last.offset, last.size, self._log_size)
-        if runs[-1][0] + len(runs[-1][1]) == term:
-            runs[-1][1].extend(_TERMINATOR)
+        if end == term:
+            runs[-1][1].append(_TERMINATOR)
         else:
-            runs.append((term, bytearray(_TERMINATOR)))
+            runs.append((term, [_TERMINATOR]))
         try:
             # A device class with ``write_many`` (FileDevice) writes the runs and fdatasyncs
             # in one worker thread (one hand-off instead of two or more); any other
@@ -512,8 +522,8 @@ class WriteAheadLog:
             if write_many is not None:
                 await write_many(self._dev, runs, flush=True)
             else:
-                for offset, chunk in runs:
-                    await self._dev.write(offset, chunk)
+                for offset, parts in runs:
+                    await self._dev.write(offset, b"".join(parts))
                 await self._dev.flush()
         except OSError as e:
             self._failed = JournalError(f"journal write failed on {self._dev.name}: {e}")
@@ -525,7 +535,7 @@ class WriteAheadLog:
         self._records_last_commit = records
         self._records_committed += records
         self._batch_histogram[bisect.bisect_left(BATCH_BUCKETS, records)] += 1
-        self._bytes_written += sum(len(d) for _, d in runs)
+        self._bytes_written += sum(len(p) for _, parts in runs for p in parts)
 
     # ----------------------------------------------------------------- the rest
 

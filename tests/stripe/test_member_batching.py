@@ -134,10 +134,16 @@ def test_short_pwritev_is_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 async def test_write_many_flush(tmp_path: Path) -> None:
     dev = await _device(tmp_path)
-    await dev.write_many([(0, b"a" * 10), (100, bytearray(b"b" * 5)), (5, b"c")], flush=True)
-    assert await dev.read(0, 105) == b"aaaaacaaaa" + bytes(90) + b"bbbbb"
+    await dev.write_many(
+        [(0, [b"a" * 10]), (100, [bytearray(b"b" * 5), memoryview(b"de")]), (5, [b"c"])],
+        flush=True,
+    )
+    assert await dev.read(0, 107) == b"aaaaacaaaa" + bytes(90) + b"bbbbbde"
+    # More buffers than one pwritev takes, back to back.
+    await dev.write_many([(200, [bytes([i]) for i in range(200)])], flush=False)
+    assert await dev.read(200, 200) == bytes(range(200))
     with pytest.raises(ValueError):
-        await dev.write_many([(SIZE - 1, b"xx")], flush=False)
+        await dev.write_many([(SIZE - 1, [b"x", b"x"])], flush=False)
     await dev.aclose()
 
 
