@@ -573,17 +573,22 @@ class MetadataStore:
             new_size is not None and not 0 <= new_size <= MAX_FILE_SIZE
         ):
             raise _fail(errno.EFBIG)
-        displaced = RunSet()
-        for m in ext.lookup(first_block, total):
-            if m.vol_block is not None:
-                displaced.add(m.vol_block, m.count)
-        seen = RunSet()
+        seen = RunSet() if len(runs) > 1 else None
+        displaced: RunSet | None = None
         for s, n in runs:
             if s < 0 or s + n > self.data_blocks:
                 raise _fail(errno.EINVAL, f"run ({s}, {n}) outside the data area")
-            if seen.overlap(s, n):
-                raise _fail(errno.EINVAL, "runs overlap")
-            seen.add(s, n)
+            if seen is not None:
+                if seen.overlap(s, n):
+                    raise _fail(errno.EINVAL, "runs overlap")
+                seen.add(s, n)
+            if self.pending.overlap(s, n) == n:
+                continue  # the usual case: blocks planned by plan_allocation
+            if displaced is None:
+                displaced = RunSet()
+                for m in ext.lookup(first_block, total):
+                    if m.vol_block is not None:
+                        displaced.add(m.vol_block, m.count)
             ok = self.pending.overlap(s, n) + self.allocator.overlap(s, n)
             ok += displaced.overlap(s, n)
             if ok != n:
