@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import logging
 import os
 import shutil
@@ -434,6 +435,7 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
     ) as vol:
         for note in vol.notes:
             log.warning("%s", note)
+        _tune_gc()
         ops = FusenasOperations(vol)
         monitor.attach(vol, ops.op_stats)
         with monitor.endpoints(opts.metrics) as control:
@@ -457,6 +459,18 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
         log.info("flushing and closing the volume")
     log.info("volume %s closed cleanly", voldir)
     return 0
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path. The metadata (an object per
+    inode, extent run and free run) is long-lived and acyclic in practice, yet every
+    full collection walks all of it, and the default young-generation threshold (700
+    allocations) runs a collection every few requests: ~10% of the daemon's CPU in a 4 KiB
+    random-write profile. Freezing moves what the mount loaded out of the collector's view;
+    the larger threshold makes young collections rarer (each one costs about the same per
+    object, the garbage it may hold is bounded by the threshold)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 async def _on_signals() -> None:
