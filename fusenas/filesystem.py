@@ -46,7 +46,7 @@ from fusenas.meta.locks import LockShardTable
 from fusenas.meta.ops import decode_op
 from fusenas.meta.store import MetadataStore
 from fusenas.stripe.cache import StripeCache, decode_data, decode_stripe
-from fusenas.units import BLOCK_SIZE
+from fusenas.units import BLOCK_SIZE, ByteData
 from fusenas.voldir import VolumeConfig, load_config, save_config
 from fusenas.volume.assemble import ArrayMembers, assemble, check_distinct, create_array
 from fusenas.volume.device import DeviceProvider
@@ -105,6 +105,9 @@ class Volume:
     #: True if the write-intent bitmap allows a resync of its dirty regions only, False for
     #: a full rebuild. The spare manager re-adds them (``rebuild.readd_member``).
     returning: dict[int, bool] = field(default_factory=dict)
+    #: Ordered writes completed / covered by a member flush (``write_ordered``).
+    _ordered_written: int = 0
+    _ordered_flushed: int = 0
 
     def _on_member_failure(self, member: int, reason: str) -> None:
         """``Array.failure_hooks`` entry: schedule the superblock update; go read-only if the
@@ -189,6 +192,62 @@ class Volume:
             raise FsError(errno.EROFS, f"volume is read-only: {self.failed_readonly}")
         await self.wal.reserve(META_RESERVE)
 
+    # -- ordered writes ----------------------------------------------------------------------
+
+    def ordered_span(self, vol_block: int, count: int) -> tuple[int, int] | None:
+        """The whole stripes inside data-area blocks ``[vol_block, vol_block+count)`` that
+        may be written in place without a journal record, as (first block, block count), or
+        None. They must be replay-safe (``Allocator.replay_safe``): no record that replay
+        could write names them. The caller holds them as a fresh allocation."""
+        per = self.meta.stripe_blocks
+        lo = -(-vol_block // per) * per
+        hi = (vol_block + count) // per * per
+        if hi <= lo or self.readonly or self.failed_readonly is not None:
+            return None
+        if not self.meta.allocator.replay_safe(lo, hi - lo):
+            return None
+        return lo, hi - lo
+
+    async def write_ordered(self, vol_block: int, data: ByteData) -> None:
+        """Write whole stripes of a fresh allocation in place, parity included, without a
+        journal record (ext4's data=ordered, for whole stripes): ``vol_block`` and the length
+        of ``data`` come from ``ordered_span``.
+
+        What makes it safe: (1) the blocks are replay-safe, so no replayed record overwrites
+        them; (2) the map_blocks record that maps them is made durable only after a member
+        flush that follows this write (``before_commit``, the WAL's hook); (3) a crash in the
+        middle leaves only free blocks behind with parity that may disagree, and rows with
+        free blocks are never patched by read-modify-write (``suspect_parity``). Cached dirty
+        data of these stripes (blocks freed since) is dropped first. Cancellation: any subset
+        of the member writes may have landed, as with a crash; the blocks are still free.
+        """
+        array = self.members.array
+        size = array.geometry.stripe_data_size
+        first, rest = divmod(self.block_offset(vol_block), size)
+        if rest or len(data) % size:
+            raise ValueError("ordered writes are whole, aligned stripes")
+        await self.cache.discard(first, len(data) // size)
+        await array.write_full_stripes(first, data)
+        self._ordered_written += 1
+
+    async def before_commit(self) -> None:
+        """``WriteAheadLog.before_write``: once a batch is taken, make the ordered writes
+        completed so far durable on the members, so that no mapping record of theirs is
+        durable before their data."""
+        done = self._ordered_written
+        if done > self._ordered_flushed:
+            await self.members.array.flush()
+            self._ordered_flushed = max(self._ordered_flushed, done)
+
+    def suspect_parity(self, stripe: int) -> bool:
+        """``Array.suspect_parity``: rows of the data area that hold a free block (an ordered
+        write cut by a crash may have reached some members only)."""
+        per = self.meta.stripe_blocks
+        first = self.data_start // (per * BLOCK_SIZE)
+        if stripe < first:
+            return False
+        return self.meta.allocator.overlap((stripe - first) * per, per) > 0
+
     async def sync(self) -> None:
         """Make everything done so far durable (fsync): one group commit of the WAL."""
         await self.wal.commit()
@@ -206,18 +265,27 @@ class Volume:
         await self.cache.flush()  # most dirty data goes in place before the snapshot...
         image = encode_image(self.meta)
         start = self.wal.head_position()
-        self.meta.image_estimate = len(image)
-        await self.wal.commit()
-        await self.cache.flush()  # ...and the rest, dirtied meanwhile, after it
-        bitmap = self.members.array.write_intent
-        clearable = bitmap.clear_candidates() if bitmap is not None else set()
-        await self.members.array.flush()
-        await self.update_superblocks()
-        if self.failed_readonly is not None:
-            return
-        if bitmap is not None and clearable:
-            await bitmap.clear(clearable)
-        await self.checkpoints.write(start, image)
+        window = self.meta.allocator.start_checkpoint()  # the same instant as the image
+        written = False
+        try:
+            self.meta.image_estimate = len(image)
+            await self.wal.commit()
+            await self.cache.flush()  # ...and the rest, dirtied meanwhile, after it
+            bitmap = self.members.array.write_intent
+            clearable = bitmap.clear_candidates() if bitmap is not None else set()
+            await self.members.array.flush()
+            await self.update_superblocks()
+            if self.failed_readonly is not None:
+                return
+            if bitmap is not None and clearable:
+                await bitmap.clear(clearable)
+            await self.checkpoints.write(start, image)
+            written = True
+        finally:
+            if written:
+                self.meta.allocator.checkpoint_written(window)
+            else:
+                self.meta.allocator.checkpoint_failed(window)
         if self._previous_start is not None:
             self.wal.reclaim(self._previous_start)
         self._previous_start = start
@@ -429,6 +497,8 @@ async def open_volume(
             notes=notes,
         )
         array.failure_hooks.append(vol._on_member_failure)
+        array.suspect_parity = vol.suspect_parity
+        wal.before_write = vol.before_commit
         if not readonly:
             await _attach_bitmap(vol, bitmap_region)
         for i, state in enumerate(array.states):
@@ -447,8 +517,11 @@ async def open_volume(
             yield vol
             return
         meta.reclaim_orphans()
-        # Start from a fresh checkpoint: the replayed records are then out of the window.
+        # Start from two fresh checkpoints: the replayed records (and any record before them)
+        # are then out of the window even if replay fell back to the older slot, and the
+        # allocator knows that no replayable record names a free block (``replay_safe``).
         vol._previous_start = ckpt.log_start
+        await vol.checkpoint()
         await vol.checkpoint()
         async with vol._sb_lock:
             vol._sb_pending = False

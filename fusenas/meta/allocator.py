@@ -36,6 +36,16 @@ Policy of ``allocate(count, goal=, stripe_blocks=)``, in order:
 
 The cursor is a hint, not state: allocations are never replayed (the journal records the
 chosen blocks), so it need not survive a restart.
+
+The replay window (``replay_safe``): the journal keeps every record since the *older* of the
+two checkpoints (replay falls back to it when the newest slot is corrupt), so a block freed
+since then may still be the target of ``DATA``/``STRIPE`` records that replay would write
+again. Every ``free`` is remembered in two generations, rotated by the checkpoint
+(``start_checkpoint`` at the instant the checkpoint takes its log position, then
+``checkpoint_written`` or ``checkpoint_failed``): blocks freed in neither generation, after at
+least two checkpoints since this allocator was built, cannot be named by any replayable
+record. Only such blocks may be written in place without a journal record (ordered writes,
+``fusenas.fs.files``).
 """
 
 from __future__ import annotations
@@ -162,7 +172,15 @@ class RunSet:
 class Allocator(RunSet):
     """The free blocks of the data area ``[0, data_blocks)``. See the module docstring."""
 
-    __slots__ = ("_by_size", "_cursor", "_cursor_end", "data_blocks")
+    __slots__ = (
+        "_by_size",
+        "_checkpoints",
+        "_cursor",
+        "_cursor_end",
+        "_freed",
+        "_freed_before",
+        "data_blocks",
+    )
 
     def __init__(self, data_blocks: int, *, all_free: bool = True) -> None:
         self._by_size: list[tuple[int, int]] = []
@@ -172,6 +190,11 @@ class Allocator(RunSet):
         # allocation looks first (an empty range: choose a new stripe).
         self._cursor = 0
         self._cursor_end = 0
+        # The replay window (module docstring): freed since the newest checkpoint's log
+        # position, and between the two retained checkpoints' positions.
+        self._freed = RunSet()
+        self._freed_before = RunSet()
+        self._checkpoints = 0
         if all_free and data_blocks > 0:
             self.add(0, data_blocks)
 
@@ -208,6 +231,38 @@ class Allocator(RunSet):
         for s, n in runs:
             assert s >= 0 and s + n <= self.data_blocks, f"run ({s}, {n}) outside the data area"
             self.add(s, n)
+            self._freed.remove_present(s, n)  # freed twice in one generation: keep one copy
+            self._freed.add(s, n)
+
+    # -- the replay window ------------------------------------------------------------------
+
+    def start_checkpoint(self) -> RunSet:
+        """A checkpoint took its log position: frees from now on belong to the new window.
+        Returns the generation to hand to ``checkpoint_written``/``checkpoint_failed``."""
+        token, self._freed = self._freed, RunSet()
+        return token
+
+    def checkpoint_written(self, token: RunSet) -> None:
+        """The checkpoint of ``token`` is durable: replay starts at it or at the one before,
+        so frees older than ``token`` can no longer be replayed."""
+        self._freed_before = token
+        self._checkpoints += 1
+
+    def checkpoint_failed(self, token: RunSet) -> None:
+        """The checkpoint of ``token`` was not written: its frees stay in the window."""
+        for s, n in token:
+            self._freed.remove_present(s, n)
+            self._freed.add(s, n)
+
+    def replay_safe(self, start: int, n: int) -> bool:
+        """Whether no record replay could write (``DATA``/``STRIPE``) names a block of
+        ``[start, start+n)``: true once two checkpoints were written since this allocator was
+        built and none of the blocks was freed since the older of the two."""
+        return (
+            self._checkpoints >= 2
+            and not self._freed.overlap(start, n)
+            and not self._freed_before.overlap(start, n)
+        )
 
     def mark_used(self, runs: Iterable[VolRun]) -> None:
         """Take ``runs`` out of free space; every block must be free."""

@@ -232,6 +232,25 @@ class StripeCache:
                         break
         return overlay
 
+    async def discard(self, first: int, count: int) -> None:
+        """Forget the dirty blocks of stripes ``[first, first+count)``, after waiting for any
+        flush of them in flight: the caller is about to write those stripes whole in place,
+        bypassing the cache (``Volume.write_ordered``), and every block in them is free (its
+        cached bytes are dead). Without this, a later flush would write the old bytes over
+        the new ones."""
+        stripes = range(first, first + count)
+        while any(s in self._flushing for s in stripes):
+            async with self._changed:
+                await self._changed.wait()
+        freed = 0
+        for s in stripes:
+            st = self._dirty.pop(s, None)
+            if st is not None:
+                freed += len(st.blocks)
+        if freed:
+            self._dirty_bytes -= BLOCK_SIZE * freed
+            self._room.unpark(count=freed)
+
     # -- flushing -------------------------------------------------------------------------
 
     async def flush(self) -> None:

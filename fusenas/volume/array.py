@@ -16,6 +16,10 @@ Invariants
   updates parity without covering the whole stripe row, the exact member writes are handed to
   the ``journal`` callback first, and issued only after it returns (closes the write hole: see
   docs/architecture.md).
+* Rows whose parity may disagree with their data (``suspect_parity``, set by the layer that
+  knows: rows holding free blocks, where an unjournaled write cut by a crash may have
+  landed on some members only) are never patched by read-modify-write, whose new parity
+  would inherit the error; reconstruct-write recomputes it over the rows it writes.
 * Concurrent writes to the same stripe must be serialized by the caller (the stripe cache
   does). The array also holds a per-stripe lock around ``write_stripe``, ``rebuild_stripe`` and
   the repair step of ``read_verified``, so a rebuild never writes a row reconstructed before a
@@ -167,6 +171,9 @@ class Array:
         #: The write-intent bitmap (``fusenas.volume.bitmap``): ``issue`` sets the bits of the
         #: regions it writes, durably, before any member write goes out. None: no bitmap.
         self.write_intent: WriteIntentBitmap | None = None
+        #: ``suspect_parity(stripe)``: True if the row's parity may disagree with its data
+        #: (see the module docstring); such rows take reconstruct-write, never RMW.
+        self.suspect_parity: Callable[[int], bool] | None = None
 
     # -- member state ---------------------------------------------------------------------
 
@@ -647,6 +654,8 @@ class Array:
             len(new),
             any(not self.is_active(m) for m in row_members),
         )
+        if strategy is Strategy.RMW and self.suspect_parity and self.suspect_parity(stripe):
+            strategy = Strategy.RCW
         # Decide and compute: the full new data of the row, then parity.
         member_off = stripe * g.chunk + lo
         if strategy is Strategy.RMW:

@@ -53,7 +53,7 @@ from __future__ import annotations
 import bisect
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -165,6 +165,10 @@ class WriteAheadLog:
         self._commit_done = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
         self._failed: JournalError | None = None
+        #: Awaited by the commit leader after it took a batch and before writing it: the
+        #: volume makes the data of unjournaled (ordered) writes durable there, so that the
+        #: records mapping that data are never durable before it. A failure fails the log.
+        self.before_write: Callable[[], Awaitable[None]] | None = None
         #: Bytes at the end of the free space that only ``urgent`` records may use.
         self.headroom = 0
         self._closed = False
@@ -477,12 +481,22 @@ class WriteAheadLog:
             while self._pending and self._durable_lsn < goal:
                 batch = self._take_batch()
                 with trio.CancelScope(shield=True):
+                    if self.before_write is not None:
+                        await self._before_write(self.before_write)
                     await self._write_batch(batch)
                 await trio.lowlevel.checkpoint_if_cancelled()
         finally:
             self._committing = False
             self._commit_done = trio.Event()
             done.set()
+
+    async def _before_write(self, hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except Exception as e:  # the taken batch can no longer be written in order
+            self._failed = JournalError(f"preparing a commit of {self._dev.name} failed: {e}")
+            self._room.unpark_all()
+            raise self._failed from e
 
     def _take_batch(self) -> list[tuple[_Slot, list[ByteData]]]:
         batch: list[tuple[_Slot, list[ByteData]]] = []

@@ -102,3 +102,28 @@ def test_double_free_and_bad_mark_used_are_bugs():
 def test_from_used_tolerates_overlap():
     a = Allocator.from_used(20, [(2, 5), (4, 5), (15, 10)])
     assert a.runs() == [(0, 2), (9, 6)]
+
+
+def test_replay_window_spans_two_checkpoints():
+    """A freed block may be named by replayable records until two checkpoints have been
+    written after its freeing; a failed checkpoint does not count."""
+    a = Allocator(100)
+    assert not a.replay_safe(50, 10)  # nothing is known before two checkpoints
+    for _ in range(2):
+        a.checkpoint_written(a.start_checkpoint())
+    assert a.replay_safe(0, 100)
+    a.mark_used([(0, 20)])
+    a.free([(5, 2)])
+    assert not a.replay_safe(0, 6) and a.replay_safe(0, 5) and a.replay_safe(7, 93)
+    token = a.start_checkpoint()
+    a.free([(10, 1)])  # freed after the checkpoint took its position
+    a.checkpoint_failed(token)
+    assert not a.replay_safe(5, 1) and not a.replay_safe(10, 1)
+    a.checkpoint_written(a.start_checkpoint())  # (5,2) and (10,1) now in the older generation
+    assert not a.replay_safe(5, 1) and not a.replay_safe(10, 1)
+    a.mark_used([(5, 2)])
+    a.free([(5, 2)])  # freed again: twice in the window is fine
+    a.checkpoint_written(a.start_checkpoint())
+    assert a.replay_safe(10, 1) and not a.replay_safe(5, 2)
+    a.checkpoint_written(a.start_checkpoint())
+    assert a.replay_safe(0, 100)
