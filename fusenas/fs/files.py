@@ -318,11 +318,13 @@ class FileStore:
             return
         lo, count = span
         head, mid = (lo - vb) * BLOCK_SIZE, (lo - vb + count) * BLOCK_SIZE
+        # The edges are copied: a view would keep the whole request buffer alive in the
+        # cache (and the log) while the cache counts only the edge's blocks.
         if head:
-            await self.vol.cache.write(self.vol.block_offset(vb), blocks[:head])
+            await self.vol.cache.write(self.vol.block_offset(vb), bytes(blocks[:head]))
         await self.vol.write_ordered(lo, blocks[head:mid])
         if mid < len(blocks):
-            await self.vol.cache.write(self.vol.block_offset(lo + count), blocks[mid:])
+            await self.vol.cache.write(self.vol.block_offset(lo + count), bytes(blocks[mid:]))
 
     # -- size and allocation -------------------------------------------------------------
 
