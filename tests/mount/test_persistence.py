@@ -134,13 +134,15 @@ def test_kill_9_after_more_data_than_the_cache_holds_recovers(
 ) -> None:
     """kill -9 with more data in the journal than the stripe cache holds (64M journal: an
     8 MiB cache): the next mount replays it all (it used to wait forever for cache room
-    during replay) and every fsynced byte is there."""
+    during replay) and every fsynced byte is there. Written 60 KiB at a time: each write's
+    allocation is smaller than a stripe, so none of it is an ordered (unjournaled) write."""
     vol = mkfs(tmp_path / "vol")
     m = mounter.mount(vol, None, "-o", "max_dirty=1M")
     payload = os.urandom(12 << 20)
     fd = os.open(m.mnt / "big", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        os.write(fd, payload)
+        for off in range(0, len(payload), 60 << 10):
+            os.write(fd, payload[off : off + (60 << 10)])
         os.fsync(fd)
     finally:
         os.close(fd)
