@@ -240,13 +240,17 @@ class Volume:
             self._ordered_flushed = max(self._ordered_flushed, done)
 
     def suspect_parity(self, stripe: int) -> bool:
-        """``Array.suspect_parity``: rows of the data area that hold a free block (an ordered
-        write cut by a crash may have reached some members only)."""
+        """``Array.suspect_parity``: rows of the data area holding a block that is not mapped
+        (free, or allocated and not yet mapped): an ordered write cut by a crash may have
+        reached some of their members only. A row whose blocks are all mapped has had its
+        parity recomputed whole by the first partial write after that (or written full)."""
         per = self.meta.stripe_blocks
         first = self.data_start // (per * BLOCK_SIZE)
         if stripe < first:
             return False
-        return self.meta.allocator.overlap((stripe - first) * per, per) > 0
+        lo = (stripe - first) * per
+        meta = self.meta
+        return meta.allocator.overlap(lo, per) + meta.pending.overlap(lo, per) > 0
 
     async def sync(self) -> None:
         """Make everything done so far durable (fsync): one group commit of the WAL."""

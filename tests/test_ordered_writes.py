@@ -135,3 +135,32 @@ async def test_journaled_edges_do_not_pin_the_request_buffer(tmp_path: Path) -> 
         ]
         assert held and v._ordered_written == 4
         assert all(len(obj) < MiB for obj in held)  # type: ignore[arg-type]
+
+
+async def test_partial_write_into_a_torn_free_row_rewrites_its_whole_parity(
+    tmp_path: Path,
+) -> None:
+    """The write hole of an ordered write: a crash left one member of a free row with new
+    bytes and the parity with old ones. The first partial write into that row, even of a
+    single block at another row offset, must leave the parity of the whole row right, or a
+    member lost later would be rebuilt wrong where live data lands next."""
+    from fusenas.volume import parity
+
+    path = await mkvol(tmp_path / "v", members=6)
+    async with open_volume(path, checkpointer=False) as v:
+        array = v.members.array
+        g = array.geometry
+        stripe = v.data_start // g.stripe_data_size + 10
+        row_off = array.data_offset + stripe * g.chunk
+        dmembers = [g.data_copies(stripe, i)[0] for i in range(g.data_per_stripe)]
+        pmember = g.parity_members(stripe)[0]
+        await array.write_full_stripes(stripe, bytes(g.stripe_data_size))
+        torn = dmembers[2]
+        dev = array.devices[torn]
+        assert dev is not None
+        await dev.write(row_off, b"\x5a" * g.chunk)  # the cut write reached one member only
+        # One block at the start of data chunk 0: RMW would patch [0, 4K) of the parity only.
+        assert await array.write_stripe(stripe, [(stripe * g.stripe_data_size, b"\x01" * 4096)])
+        got = await array._read_row_raw([*dmembers, pmember], stripe * g.chunk, g.chunk)
+        assert got[torn] == b"\x5a" * g.chunk
+        assert got[pmember] == parity.gen_p([got[m] for m in dmembers])

@@ -17,9 +17,11 @@ Invariants
   the ``journal`` callback first, and issued only after it returns (closes the write hole: see
   docs/architecture.md).
 * Rows whose parity may disagree with their data (``suspect_parity``, set by the layer that
-  knows: rows holding free blocks, where an unjournaled write cut by a crash may have
-  landed on some members only) are never patched by read-modify-write, whose new parity
-  would inherit the error; reconstruct-write recomputes it over the rows it writes.
+  knows: rows holding blocks not yet mapped, where an unjournaled write cut by a crash may
+  have landed on some members only) are never patched by read-modify-write, whose new
+  parity would inherit the error: a partial write to such a row recomputes the parity of the
+  whole row (reconstruct-write over every row offset, reading what it does not write), so
+  once live data is in the row its parity is right everywhere.
 * Concurrent writes to the same stripe must be serialized by the caller (the stripe cache
   does). The array also holds a per-stripe lock around ``write_stripe``, ``rebuild_stripe`` and
   the repair step of ``read_verified``, so a rebuild never writes a row reconstructed before a
@@ -635,6 +637,9 @@ class Array:
         ndata = g.data_per_stripe
         lo = min(p.chunk_offset for p, _ in pieces)
         hi = max(p.chunk_offset + p.length for p, _ in pieces)
+        suspect = self.suspect_parity is not None and self.suspect_parity(stripe)
+        if suspect:
+            lo, hi = 0, g.chunk  # recompute the parity of the whole row, not just the range
         rlen = hi - lo
         # Analyse: the new bytes of each data block over the row range [lo, hi).
         new: dict[int, bytearray] = {}
@@ -654,7 +659,7 @@ class Array:
             len(new),
             any(not self.is_active(m) for m in row_members),
         )
-        if strategy is Strategy.RMW and self.suspect_parity and self.suspect_parity(stripe):
+        if strategy is Strategy.RMW and suspect:
             strategy = Strategy.RCW
         # Decide and compute: the full new data of the row, then parity.
         member_off = stripe * g.chunk + lo
