@@ -216,8 +216,9 @@ class Volume:
         What makes it safe: (1) the blocks are replay-safe, so no replayed record overwrites
         them; (2) the map_blocks record that maps them is made durable only after a member
         flush that follows this write (``before_commit``, the WAL's hook); (3) a crash in the
-        middle leaves only free blocks behind with parity that may disagree, and rows with
-        free blocks are never patched by read-modify-write (``suspect_parity``). Cached dirty
+        middle leaves only free blocks behind with parity that may disagree, and a row with
+        unmapped blocks gets its whole parity recomputed by its next partial write, never
+        patched by read-modify-write (``suspect_parity``). Cached dirty
         data of these stripes (blocks freed since) is dropped first. Cancellation: any subset
         of the member writes may have landed, as with a crash; the blocks are still free.
         """
