@@ -137,6 +137,11 @@ class RunSet:
         self._put(start, end - start)
         self._total += n
 
+    def union(self, start: int, n: int) -> None:
+        """Add ``[start, start+n)``, whatever part of it is in the set already."""
+        self.remove_present(start, n)
+        self.add(start, n)
+
     def remove(self, start: int, n: int) -> None:
         """Remove ``[start, start+n)``; all of it must be in the set, inside one run."""
         if n <= 0:
@@ -231,8 +236,7 @@ class Allocator(RunSet):
         for s, n in runs:
             assert s >= 0 and s + n <= self.data_blocks, f"run ({s}, {n}) outside the data area"
             self.add(s, n)
-            self._freed.remove_present(s, n)  # freed twice in one generation: keep one copy
-            self._freed.add(s, n)
+            self._freed.union(s, n)  # a block may be freed twice in one generation
 
     # -- the replay window ------------------------------------------------------------------
 
@@ -251,8 +255,7 @@ class Allocator(RunSet):
     def checkpoint_failed(self, token: RunSet) -> None:
         """The checkpoint of ``token`` was not written: its frees stay in the window."""
         for s, n in token:
-            self._freed.remove_present(s, n)
-            self._freed.add(s, n)
+            self._freed.union(s, n)
 
     def replay_safe(self, start: int, n: int) -> bool:
         """Whether no record replay could write (``DATA``/``STRIPE``) names a block of

@@ -248,8 +248,16 @@ class StripeCache:
             if st is not None:
                 freed += len(st.blocks)
         if freed:
-            self._dirty_bytes -= BLOCK_SIZE * freed
-            self._room.unpark(count=freed)
+            self._release(freed)
+
+    def _release(self, blocks: int) -> None:
+        """``blocks`` dirty blocks left the cache: account for them and wake as many waiting
+        writers (all of them once the cache is at most half full)."""
+        self._dirty_bytes -= BLOCK_SIZE * blocks
+        if self._dirty_bytes <= self.max_dirty // 2:
+            self._room.unpark_all()
+        else:
+            self._room.unpark(count=blocks)
 
     # -- flushing -------------------------------------------------------------------------
 
@@ -316,11 +324,7 @@ class StripeCache:
             finally:
                 for s, _ in taken:
                     del self._flushing[s]
-                self._dirty_bytes -= BLOCK_SIZE * blocks
-                if self._dirty_bytes <= self.max_dirty // 2:
-                    self._room.unpark_all()
-                else:
-                    self._room.unpark(count=blocks)
+                self._release(blocks)
                 async with self._changed:
                     self._changed.notify_all()
 
