@@ -158,6 +158,25 @@ def test_metrics_follow_a_workload(volume: Path, mounter: Mounter) -> None:
     assert mounter.unmount(m) == 0, m.log()
 
 
+def test_close_costs_no_flush_request(volume: Path, mounter: Mounter) -> None:
+    """The first FLUSH answers ENOSYS, so the kernel sends no more for the mount: close(2)
+    of 20 files (one through a dup'ed descriptor) makes at most one FLUSH request, returns
+    0, and everything written reads back."""
+    m = mounter.mount(volume, None, "-o", "metrics=0")
+    url = status_json(m.mnt)["metrics"]
+    for i in range(20):
+        fd = os.open(m.mnt / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"%d" % i)
+        if i == 7:
+            os.close(os.dup(fd))
+        os.close(fd)  # raises on an error
+    for i in range(20):
+        assert (m.mnt / f"f{i}").read_bytes() == b"%d" % i
+    flushes = value(scrape(url), "fusenas_fuse_operations_total", op="flush")
+    assert flushes <= 1, flushes
+    assert mounter.unmount(m) == 0, m.log()
+
+
 def test_metrics_option_refusals(volume: Path, mounter: Mounter) -> None:
     mnt = mounter.mountpoint()
     r = run_fusenas(str(volume), str(mnt), "-o", "metrics=notaport")
