@@ -26,8 +26,11 @@ Timeouts
     own changes, so staleness is not a correctness issue; the bound still limits how long a
     value the daemon changes on its own (st_blocks after a write, ctime, times of a reclaimed
     orphan) can be reported stale, at the cost of one getattr per second per hot inode.
-    Negative lookups are not cached (ENOENT is raised, not a zero st_ino) since names appear
-    quickly during builds and untar.
+    A missing name is answered with a negative entry (st_ino 0) under the same entry timeout:
+    the kernel then answers repeated lookups of it (PATH and include-path searches, build
+    tools probing for files) itself. Safe for the same reason: a name only ever appears
+    through this mount, and the kernel turns its negative dentry into the new entry when it
+    creates the name.
 
 Page cache
     ``open`` returns ``keep_cache=True``: with writeback cache off, every write goes through
@@ -255,7 +258,15 @@ class FusenasOperations(pyfuse3.Operations):
             # inode's type, so "." must resolve for files and symlinks too, not only
             # directories. An inode that no longer exists answers ENOENT (the kernel: ESTALE).
             return self._ref(self.meta.get(parent_inode))
-        return self._ref(self.meta.lookup(parent_inode, name))
+        try:
+            return self._ref(self.meta.lookup(parent_inode, name))
+        except FsError as e:
+            # ENOENT for a gone parent (or its "..") stays an error: ESTALE for the kernel.
+            if e.errno != errno.ENOENT or name == b".." or not self.meta.exists(parent_inode):
+                raise
+        negative = pyfuse3.EntryAttributes()  # st_ino 0: cached as absent
+        negative.entry_timeout = ENTRY_TIMEOUT
+        return negative
 
     @_boundary
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:

@@ -195,6 +195,10 @@ class MetadataStore:
             raise _fail(errno.ENOENT, f"no inode {ino}")
         return node
 
+    def exists(self, ino: int) -> bool:
+        """Whether inode ``ino`` exists."""
+        return ino in self.inodes
+
     def _dir(self, ino: int) -> tuple[Inode, Directory]:
         node = self.get(ino)
         if node.dir is None:

@@ -1,4 +1,5 @@
-"""Real mounts: the Prometheus endpoint during a workload, and the control socket."""
+"""Real mounts: the Prometheus endpoint during a workload, request counts that show what the
+kernel answers itself (FLUSH, negative lookups), and the control socket."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import itertools
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +177,40 @@ def test_close_costs_no_flush_request(volume: Path, mounter: Mounter) -> None:
         assert (m.mnt / f"f{i}").read_bytes() == b"%d" % i
     flushes = value(scrape(url), "fusenas_fuse_operations_total", op="flush")
     assert flushes <= 1, flushes
+    assert mounter.unmount(m) == 0, m.log()
+
+
+def test_missing_names_are_cached_as_negative_entries(volume: Path, mounter: Mounter) -> None:
+    """50 stats of a missing name cost at most two LOOKUP requests (the entry timeout is
+    1 s), and a name created through the mount in any way is visible at once, to this
+    process and to another, although its absence was cached."""
+    m = mounter.mount(volume, None, "-o", "metrics=0")
+    url = status_json(m.mnt)["metrics"]
+    lookups = labelled(scrape(url), "fusenas_fuse_operations_total", "op").get("lookup", 0.0)
+    for _ in range(50):
+        assert not (m.mnt / "missing").exists()
+    after = value(scrape(url), "fusenas_fuse_operations_total", op="lookup")
+    assert after - lookups <= 2, after - lookups
+
+    (m.mnt / "target").write_bytes(b"t")
+    makers: dict[str, Callable[[Path], object]] = {
+        "file": lambda p: p.write_bytes(b"x"),
+        "dir": lambda p: p.mkdir(),
+        "symlink": lambda p: p.symlink_to("target"),
+        "link": lambda p: os.link(m.mnt / "target", p),
+        "fifo": lambda p: os.mkfifo(p),
+        "rename": lambda p: (m.mnt / "target").rename(p),
+    }
+    for kind, make in makers.items():
+        p = m.mnt / f"new-{kind}"
+        assert not os.path.lexists(p)  # now cached as absent
+        make(p)
+        assert os.path.lexists(p), kind
+        seen = subprocess.run(["stat", "-c", "%F", str(p)], capture_output=True, text=True)
+        assert seen.returncode == 0, (kind, seen.stderr)
+    # Removal works the other way round: a removed name is gone at once.
+    os.unlink(m.mnt / "new-file")
+    assert not (m.mnt / "new-file").exists()
     assert mounter.unmount(m) == 0, m.log()
 
 
