@@ -15,6 +15,7 @@ test: install
 
 lint:
 	$(PY) -m ruff check fusenas tests scripts
+	$(PY) -m ruff format --check fusenas tests scripts
 	$(PY) -m mypy
 
 bench-parity:

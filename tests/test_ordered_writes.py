@@ -130,9 +130,7 @@ async def test_journaled_edges_do_not_pin_the_request_buffer(tmp_path: Path) -> 
         ino = mkfile(v, b"f")
         for off in range(0, 4 * MiB, MiB):
             await files.write(ino, off, bytes(MiB))
-        held = [
-            memoryview(b).obj for st in v.cache._dirty.values() for b in st.blocks.values()
-        ]
+        held = [memoryview(b).obj for st in v.cache._dirty.values() for b in st.blocks.values()]
         assert held and v._ordered_written == 4
         assert all(len(obj) < MiB for obj in held)  # type: ignore[arg-type]
 

@@ -63,9 +63,12 @@ def test_small_and_large_files_byte_for_byte(nfs: NfsServer) -> None:
         f.fsync()
     with open(nfs.local("big"), "rb") as lf:
         lf.seek(10 * MiB)
-        assert lf.read(32) == big[10 * MiB : 10 * MiB + 5] + b"patched over nfs" + big[
-            10 * MiB + 21 : 10 * MiB + 32
-        ]
+        assert (
+            lf.read(32)
+            == big[10 * MiB : 10 * MiB + 5]
+            + b"patched over nfs"
+            + big[10 * MiB + 21 : 10 * MiB + 32]
+        )
 
 
 def test_namespace_and_attributes(nfs: NfsServer) -> None:

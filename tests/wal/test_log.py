@@ -287,4 +287,3 @@ async def test_power_cuts_keep_committed_records_and_a_prefix(seed: int) -> None
         assert got == history[: len(got)], f"seed {seed} cut {_cut}: not a prefix"
         assert len(got) >= committed, f"seed {seed} cut {_cut}: committed record lost"
         history = got
-
