@@ -50,6 +50,7 @@ import trio
 
 from fusenas import logs
 from fusenas.errors import FusenasError
+from fusenas.stripe.cache import DEFAULT_MAX_AGE
 from fusenas.voldir import LOG_NAME, is_volume_dir, lock_volume
 from fusenas.volume.layout import Level, format_size, parse_size
 
@@ -87,6 +88,7 @@ class MountOptions:
     fsname: str | None = None
     subtype: str = "fusenas"
     max_dirty: int = 256 << 20
+    flush_age: float = DEFAULT_MAX_AGE  # seconds dirty data may wait in the stripe cache
     io_timeout: float | None = None
     inject: str | None = None  # debug: fault specs, see fusenas.volume.faults
     metrics: tuple[str, int] | None = None
@@ -145,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
             "  subtype=NAME         type shown as fuse.NAME (fusenas)\n"
             "  max_dirty=SIZE       stripe cache size, e.g. 128M (256M; never more than\n"
             "                       1/8 of the journal: 64M with the default 512M journal)\n"
+            "  flush_age=SECONDS    dirty data waits at most this long in the stripe cache\n"
+            f"                       before it is written in place ({DEFAULT_MAX_AGE:g}; fsync\n"
+            "                       and checkpoints write it sooner)\n"
             "  io_timeout=SECONDS   a member I/O taking longer fails that member\n"
             "  inject=SPEC[+SPEC]   debug: inject member faults, SPEC = member:N:KIND[:ARG],\n"
             "                       KIND fail|fail_after|hang_after|slow|corrupt_read|"
@@ -166,6 +171,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-d", "--debug", action="store_true", help="debug logging")
     return p
+
+
+def _seconds(key: str, value: str) -> float:
+    """A positive, finite number of seconds, or UsageError naming the option."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UsageError(f"bad {key}={value}: not a number") from None
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"{key}={value} must be a positive number of seconds")
+    return seconds
 
 
 def parse_options(raw: Sequence[str], *, root: bool) -> MountOptions:
@@ -212,12 +228,9 @@ def parse_options(raw: Sequence[str], *, root: bool) -> MountOptions:
                     raise UsageError(f"bad inject={value}: {exc}") from None
                 opts.inject = value
             elif key == "io_timeout" and eq:
-                try:
-                    opts.io_timeout = float(value)
-                except ValueError:
-                    raise UsageError(f"bad io_timeout={value}: not a number") from None
-                if not opts.io_timeout > 0:
-                    raise UsageError(f"io_timeout={value} must be positive")
+                opts.io_timeout = _seconds(key, value)
+            elif key == "flush_age" and eq:
+                opts.flush_age = _seconds(key, value)
             elif key == "readahead" and eq:
                 if not (value.isascii() and value.isdigit()):  # no sign, space or "_"
                     raise UsageError(f"bad readahead={value}: give KiB as a number, 0 or more")
@@ -429,6 +442,7 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
         voldir,
         readonly=opts.readonly,
         max_dirty=opts.max_dirty,
+        flush_age=opts.flush_age,
         io_timeout=opts.io_timeout,
         inject=opts.inject,
         provider=monitor.provider(FILES),

@@ -44,6 +44,10 @@ from fusenas.volume.array import Array, MemberWrite, Strategy
 from fusenas.wal.format import RecordType
 from fusenas.wal.log import WriteAheadLog
 
+#: Seconds a dirty stripe may wait before the background flusher writes it in place (``-o
+#: flush_age``); fsync, memory pressure and checkpoints flush sooner.
+DEFAULT_MAX_AGE = 5.0
+
 _DATA_HEADER = struct.Struct("<Q")
 _STRIPE_ENTRY = struct.Struct("<IQI")
 
@@ -129,7 +133,7 @@ class StripeCache:
         wal: WriteAheadLog,
         *,
         max_dirty: int = 256 << 20,
-        max_age: float = 5.0,
+        max_age: float = DEFAULT_MAX_AGE,
         parallel_flushes: int = 8,
     ) -> None:
         self.array = array

@@ -214,6 +214,45 @@ def test_missing_names_are_cached_as_negative_entries(volume: Path, mounter: Mou
     assert mounter.unmount(m) == 0, m.log()
 
 
+def test_flush_age_option(volume: Path, mounter: Mounter) -> None:
+    """``-o flush_age``: with an hour, a partial-stripe write is still dirty in the cache and
+    its journal records uncommitted 8 s later (the 5 s default would have written both);
+    with 0.2 s, without any fsync, the data goes in place and a mkdir reaches the journal
+    long before the 30 s checkpoint interval would commit it. Bad values: one line, exit 2,
+    nothing mounted."""
+    mnt = mounter.mountpoint()
+    for bad in ("abc", "0", "-1", "inf", "nan"):
+        r = run_fusenas(str(volume), str(mnt), "-o", f"flush_age={bad}")
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, (bad, r.stderr)
+        assert "flush_age" in r.stderr and not os.path.ismount(mnt)
+
+    def unflushed(m: Any) -> tuple[int, int]:
+        """(dirty cache bytes, journal records appended but not yet durable)."""
+        report = status_json(m.mnt)
+        j = report["journal"]
+        return int(report["cache"]["dirty_bytes"]), int(j["last_lsn"] - j["durable_lsn"])
+
+    m = mounter.mount(volume, None, "-o", "flush_age=3600")
+    (m.mnt / "slow").write_bytes(os.urandom(8192))
+    time.sleep(8)
+    dirty, uncommitted = unflushed(m)
+    assert dirty > 0 and uncommitted > 0, (dirty, uncommitted)
+    assert mounter.unmount(m) == 0, m.log()
+
+    m = mounter.mount(volume, None, "-o", "flush_age=0.2")
+    (m.mnt / "quick").write_bytes(os.urandom(8192))
+    deadline = time.monotonic() + 20  # the checkpointer would commit only after 30 s
+    while unflushed(m) != (0, 0):
+        assert time.monotonic() < deadline, unflushed(m)
+        time.sleep(0.1)
+    (m.mnt / "dir").mkdir()  # a journal record with no cached data to flush
+    while unflushed(m) != (0, 0):
+        assert time.monotonic() < deadline, unflushed(m)
+        time.sleep(0.1)
+    assert (m.mnt / "slow").stat().st_size == 8192
+    assert mounter.unmount(m) == 0, m.log()
+
+
 def test_metrics_option_refusals(volume: Path, mounter: Mounter) -> None:
     mnt = mounter.mountpoint()
     r = run_fusenas(str(volume), str(mnt), "-o", "metrics=notaport")
