@@ -324,9 +324,7 @@ class Volume:
                 await self.wal.commit()
                 pending_since = None
             busy = self.wal.last_lsn != last_lsn
-            if stats.used_bytes > fill * stats.capacity or (
-                busy and trio.current_time() - idle_since > interval
-            ):
+            if stats.used_bytes > fill * stats.capacity or (busy and now - idle_since > interval):
                 try:
                     await self.checkpoint()
                 except NoSpaceError as exc:
