@@ -17,6 +17,7 @@ lint:
 	$(PY) -m ruff check fusenas tests scripts
 	$(PY) -m ruff format --check fusenas tests scripts
 	$(PY) -m mypy
+	.venv/bin/lint-imports --no-cache
 
 bench-parity:
 	$(PY) scripts/bench_parity.py

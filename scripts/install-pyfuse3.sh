@@ -11,11 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 py="$top/.venv/bin/python"
-version=3.5.0
+# Both from the module the mount checks them with (the patch sets pyfuse3.fusenas_patch to
+# its revision; bump the patch and PYFUSE3_PATCH_REVISION together).
+constant() { sed -n "s/^$1 = \"\{0,1\}\([0-9.]*\)\"\{0,1\}$/\1/p" "$top/fusenas/fs/pyfuse3_patch.py"; }
+version=$(constant PYFUSE3_VERSION)
+revision=$(constant PYFUSE3_PATCH_REVISION)
 patchfile="$top/patches/pyfuse3-$version-fusenas.patch"
-
-# The patch sets pyfuse3.fusenas_patch to its revision; bump both together.
-revision=3
 is_patched() {
     "$py" -c 'import sys, pyfuse3
 sys.exit(0 if getattr(pyfuse3, "fusenas_patch", 0) >= int(sys.argv[1]) else 1)' "$revision" \

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import trio
 
-from fusenas.filesystem import create_volume, open_volume
+from fusenas.engine import create_volume, open_volume
+from fusenas.engine.rebuild import replace
 from fusenas.fs.files import FileStore
 from fusenas.volume.layout import parse_level, parse_size
-from fusenas.volume.rebuild import replace
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -1,5 +1,5 @@
 """Ordered writes: whole stripes of fresh, replay-safe blocks go in place without a DATA record,
-and the record mapping them is durable only after a member flush (``Volume.write_ordered``).
+and the record mapping them is durable only after a member flush (``Engine.write_ordered``).
 
 The power-cut harness (tests/crash) covers crash consistency with these writes in its
 workloads; here: that they happen at all, when they must not, and the member-flush order.
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from fusenas.filesystem import Volume, create_volume, open_volume
+from fusenas.engine import Engine, create_volume, open_volume
 from fusenas.fs.files import FileStore
+from fusenas.stripe.plan import Strategy
+from fusenas.stripe.writer import StripeWriter
 from fusenas.units import BLOCK_SIZE
-from fusenas.volume.array import Strategy
 from fusenas.volume.layout import Level
 
 MiB = 1 << 20
@@ -35,7 +36,7 @@ async def mkvol(path: Path, level: Level = Level.RAID5, members: int = 4) -> Pat
     return path
 
 
-def mkfile(v: Volume, name: bytes) -> int:
+def mkfile(v: Engine, name: bytes) -> int:
     return v.meta.mknod(1, name, stat.S_IFREG | 0o644, 0, 0, 0, time.time_ns()).ino
 
 
@@ -71,11 +72,13 @@ async def test_blocks_freed_recently_are_journaled(tmp_path: Path) -> None:
         await files.write(ino, 0, bytes(4 * MiB))
         runs = list(v.meta.get(ino).extents.vol_runs())  # type: ignore[union-attr]
         await files.truncate(ino, 0)
-        assert all(not v.ordered_span(s, n) for s, n in runs)
+        assert all(not v.blocks.ordered_span(s, n) for s, n in runs)
         v.meta.allocator.checkpoint_written(v.meta.allocator.start_checkpoint())
-        assert all(not v.ordered_span(s, n) for s, n in runs)  # still in the older generation
+        assert all(
+            not v.blocks.ordered_span(s, n) for s, n in runs
+        )  # still in the older generation
         v.meta.allocator.checkpoint_written(v.meta.allocator.start_checkpoint())
-        assert any(v.ordered_span(s, n) for s, n in runs)
+        assert any(v.blocks.ordered_span(s, n) for s, n in runs)
 
 
 async def test_mapping_commit_waits_for_a_member_flush(tmp_path: Path) -> None:
@@ -95,7 +98,7 @@ async def test_mapping_commit_waits_for_a_member_flush(tmp_path: Path) -> None:
 
         v.members.array.flush = counting_flush  # type: ignore[method-assign]
         await files.write(ino, 0, bytes(MiB))
-        assert v._ordered_written == 1 and flushes == 0
+        assert v.blocks.statistics().ordered_writes == 1 and flushes == 0
         await files.fsync()
         assert flushes == 1
         await v.reserve_meta()
@@ -112,12 +115,12 @@ async def test_rows_with_free_blocks_are_never_patched(tmp_path: Path) -> None:
     async with open_volume(path, checkpointer=False) as v:
         array = v.members.array
         g = array.geometry
-        stripe = v.data_start // g.stripe_data_size + 10
+        stripe = v.blocks.data_start // g.stripe_data_size + 10
         one_block = [(stripe * g.stripe_data_size, bytes(BLOCK_SIZE))]
-        array.suspect_parity = lambda s: False
-        assert await array.write_stripe(stripe, one_block) is Strategy.RMW
-        array.suspect_parity = v.suspect_parity  # every block of that row is free
-        assert await array.write_stripe(stripe, one_block) is Strategy.RCW
+        plain = StripeWriter(array, suspect_parity=lambda s: False)
+        assert await plain.write_stripe(stripe, one_block) is Strategy.RMW
+        # The cache's writer asks the engine: every block of that row is free.
+        assert await v.cache.writer.write_stripe(stripe, one_block) is Strategy.RCW
 
 
 async def test_journaled_edges_do_not_pin_the_request_buffer(tmp_path: Path) -> None:
@@ -131,7 +134,7 @@ async def test_journaled_edges_do_not_pin_the_request_buffer(tmp_path: Path) -> 
         for off in range(0, 4 * MiB, MiB):
             await files.write(ino, off, bytes(MiB))
         held = [memoryview(b).obj for st in v.cache._dirty.values() for b in st.blocks.values()]
-        assert held and v._ordered_written == 4
+        assert held and v.blocks.statistics().ordered_writes == 4
         assert all(len(obj) < MiB for obj in held)  # type: ignore[arg-type]
 
 
@@ -148,17 +151,18 @@ async def test_partial_write_into_a_torn_free_row_rewrites_its_whole_parity(
     async with open_volume(path, checkpointer=False) as v:
         array = v.members.array
         g = array.geometry
-        stripe = v.data_start // g.stripe_data_size + 10
+        stripe = v.blocks.data_start // g.stripe_data_size + 10
         row_off = array.data_offset + stripe * g.chunk
         dmembers = [g.data_copies(stripe, i)[0] for i in range(g.data_per_stripe)]
         pmember = g.parity_members(stripe)[0]
-        await array.write_full_stripes(stripe, bytes(g.stripe_data_size))
+        await v.cache.writer.write_full_stripes(stripe, bytes(g.stripe_data_size))
         torn = dmembers[2]
         dev = array.devices[torn]
         assert dev is not None
         await dev.write(row_off, b"\x5a" * g.chunk)  # the cut write reached one member only
         # One block at the start of data chunk 0: RMW would patch [0, 4K) of the parity only.
-        assert await array.write_stripe(stripe, [(stripe * g.stripe_data_size, b"\x01" * 4096)])
+        one_block = [(stripe * g.stripe_data_size, b"\x01" * 4096)]
+        assert await v.cache.writer.write_stripe(stripe, one_block)
         got = await array._read_row_raw([*dmembers, pmember], stripe * g.chunk, g.chunk)
         assert got[torn] == b"\x5a" * g.chunk
         assert got[pmember] == parity.gen_p([got[m] for m in dmembers])

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from fusenas.engine import create_volume, open_volume
 from fusenas.errors import JournalError, VolumeError
-from fusenas.filesystem import create_volume, open_volume
 from fusenas.meta.fsck import check
+from fusenas.stripe.writer import StripeWriter
 from fusenas.volume.layout import Level
 from fusenas.wal.checkpoint import HEADER_SIZE
 
@@ -74,7 +75,7 @@ async def test_corrupt_newest_checkpoint_slot_falls_back(tmp_path: Path) -> None
         region = v.checkpoints.region_size
         array = v.members.array
     # Corrupt the header of the newest slot through a fresh assembly of the array.
-    from fusenas.voldir import load_config
+    from fusenas.engine.config import load_config
     from fusenas.volume.assemble import assemble
 
     cfg = load_config(vol)
@@ -83,7 +84,7 @@ async def test_corrupt_newest_checkpoint_slot_falls_back(tmp_path: Path) -> None
         base = newest.region * region
         header = bytearray(await members.array.read(base, HEADER_SIZE))
         header[40] ^= 0xFF
-        await members.array.write(base, bytes(header))
+        await StripeWriter(members.array).write(base, bytes(header))
         await members.array.flush()
     finally:
         await members.aclose()
@@ -169,7 +170,7 @@ async def test_full_log_backpressure_never_deadlocks(tmp_path: Path) -> None:
     rng = random.Random(5)
     model: dict[int, bytes] = {}
     async with open_volume(vol) as v:
-        v.ordered_span = lambda vol_block, count: None  # type: ignore[method-assign]
+        v.blocks.ordered_span = lambda block, count: None  # type: ignore[method-assign]
         files = FileStore(v)  # every byte journaled: the log must fill
         inos = []
         for i in range(4):

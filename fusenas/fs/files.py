@@ -5,7 +5,8 @@ Design note (read before the code)
 
 Units
     Byte offsets and sizes in bytes; file blocks and volume blocks in ``BLOCK_SIZE`` (4 KiB)
-    units. Volume block ``vb`` lives at logical offset ``vol.block_offset(vb)``.
+    units. The file store sees the volume as data-area blocks (``Engine.blocks``, a
+    ``DataBlocks``): it never sees stripes, parity or members.
 
 Copy-on-write, always
     A write never overwrites a mapped block in place. Every written block goes to newly
@@ -13,7 +14,7 @@ Copy-on-write, always
     (old bytes, or zeros for holes and unwritten blocks), merged and written whole. The order
     for one chunk is::
 
-        plan_allocation → cache.write (DATA records) → reserve_meta → map_blocks (META record)
+        plan_allocation → blocks.store (DATA records) → reserve_meta → map_blocks (META record)
 
     ``map_blocks`` maps the new blocks with their crc32c and frees the displaced ones in the
     same op record. Because the DATA records precede the META record in the log, a crash at
@@ -24,18 +25,18 @@ Copy-on-write, always
     pending blocks are given back with ``release_allocation``.
 
 Ordered writes (whole stripes without a DATA record)
-    The whole stripes of a fresh allocation that ``Volume.ordered_span`` allows (replay-safe
-    blocks) skip the journal: ``Volume.write_ordered`` writes them in place, data and parity,
-    before ``map_blocks``; the WAL flushes the members before the META record becomes
-    durable. A crash before that leaves the old mapping and free blocks, as above; after it,
-    the bytes are on the members. Sequential writes thus cost each byte once plus parity
-    instead of twice (journal, then in place); only the partial stripes at a write's edges go
-    through the cache and the journal.
+    The whole stripes of a fresh allocation that are replay-safe skip the journal:
+    ``DataBlocks.store`` writes them in place, data and parity, before ``map_blocks``; the WAL
+    flushes the members before the META record becomes durable (rules:
+    ``fusenas.engine.blocks``). A crash before that leaves the old mapping and free blocks, as
+    above; after it, the bytes are on the members. Sequential writes thus cost each byte once
+    plus parity instead of twice (journal, then in place); only the partial stripes at a
+    write's edges go through the cache and the journal.
 
 Checksums
     One crc32c per mapped block; ``-1`` marks an unwritten block (fallocate), read as zeros.
     Every block read is verified. A mismatch is silent corruption: the block is re-read from
-    redundancy (``Array.read_verified``: other copies, or the row reconstructed without the
+    redundancy (``DataBlocks.heal``: other copies, or the row reconstructed without the
     suspect member), the good bytes are returned and the bad member copy is rewritten in place
     (parity already agrees with the good bytes, so this is no CoW violation). Only when no
     combination of members passes the check: ``FsError(EIO)`` after one warning per
@@ -64,15 +65,17 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from typing import Protocol
 
 import crc32c
 import trio
 
+from fusenas.engine.blocks import DataBlocks
 from fusenas.errors import FsError
-from fusenas.filesystem import Volume
 from fusenas.meta.allocator import VolRun
 from fusenas.meta.extents import UNWRITTEN
-from fusenas.meta.store import MAX_FILE_SIZE
+from fusenas.meta.locks import LockShardTable
+from fusenas.meta.store import MAX_FILE_SIZE, MetadataStore
 from fusenas.units import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
@@ -102,10 +105,24 @@ def _place(out: bytearray, pos: int, raw: bytes, crcs: list[int]) -> list[int]:
     ]
 
 
+class Storage(Protocol):
+    """What the file store needs of the open volume (``fusenas.engine.Engine`` is one): the
+    namespace and its locks, the data area as blocks, and the two calls every change and
+    every fsync make. Nothing about stripes, members or the journal."""
+
+    meta: MetadataStore
+    locks: LockShardTable
+    blocks: DataBlocks
+
+    async def reserve_meta(self) -> None: ...
+
+    async def sync(self) -> None: ...
+
+
 class FileStore:
     """File bytes on ``volume``. See the module docstring."""
 
-    def __init__(self, volume: Volume) -> None:
+    def __init__(self, volume: Storage) -> None:
         self.vol = volume
         self._reported: set[tuple[int, int]] = set()
 
@@ -145,7 +162,7 @@ class FileStore:
             first, count, skip, length = span
             out = bytearray(count * BLOCK_SIZE)
             for fb, vb, crcs in self._pieces(ino, first, count):
-                raw = self.vol.cache.read_nowait(self.vol.block_offset(vb), len(crcs) * BLOCK_SIZE)
+                raw = self.vol.blocks.read_nowait(vb, len(crcs))
                 if raw is None or _place(out, (fb - first) * BLOCK_SIZE, raw, crcs):
                     return None  # not cached, or a mismatch to heal: the async path
             return bytes(out[skip : skip + length])
@@ -188,7 +205,7 @@ class FileStore:
         """Whole file blocks ``[first, first+count)``, verified. Caller holds the inode lock."""
         out = bytearray(count * BLOCK_SIZE)
         for fb, vb, crcs in self._pieces(ino, first, count):
-            raw = await self.vol.cache.read(self.vol.block_offset(vb), len(crcs) * BLOCK_SIZE)
+            raw = await self.vol.blocks.read(vb, len(crcs))
             pos = (fb - first) * BLOCK_SIZE
             for i in _place(out, pos, raw, crcs):
                 good = await self._heal(
@@ -201,11 +218,7 @@ class FileStore:
     async def _heal(self, ino: int, fblock: int, vblock: int, want: int, got: int) -> bytes:
         """Silent corruption: the good bytes of one block from redundancy (the bad copy is
         rewritten by the array), or FsError(EIO) if no member combination has them."""
-        array = self.vol.members.array
-        array.heal.checksum_mismatches += 1
-        result = await array.read_verified(
-            self.vol.block_offset(vblock), BLOCK_SIZE, lambda b: _crc(b) == want
-        )
+        result = await self.vol.blocks.heal(vblock, lambda b: _crc(b) == want)
         if result.data is not None:
             return result.data
         self._report(ino, fblock, vblock, want, got)
@@ -297,7 +310,7 @@ class FileStore:
         try:
             pos = 0
             for vb, n in runs:
-                await self._store(vb, n, blocks[pos : pos + n * BLOCK_SIZE])
+                await self.vol.blocks.store(vb, blocks[pos : pos + n * BLOCK_SIZE])
                 pos += n * BLOCK_SIZE
             await self.vol.reserve_meta()
             now = time.time_ns()
@@ -307,24 +320,6 @@ class FileStore:
             raise
         if then_size is not None:
             meta.setattr(ino, size=then_size, now_ns=now)
-
-    async def _store(self, vb: int, n: int, blocks: memoryview) -> None:
-        """Put ``n`` blocks of a fresh allocation at volume block ``vb``: the whole stripes
-        among them that ``Volume.ordered_span`` allows are written in place without a
-        journal record (``write_ordered``); the rest goes through the cache (``DATA``)."""
-        span = self.vol.ordered_span(vb, n)
-        if span is None:
-            await self.vol.cache.write(self.vol.block_offset(vb), blocks)
-            return
-        lo, count = span
-        head, mid = (lo - vb) * BLOCK_SIZE, (lo - vb + count) * BLOCK_SIZE
-        # The edges are copied: a view would keep the whole request buffer alive in the
-        # cache (and the log) while the cache counts only the edge's blocks.
-        if head:
-            await self.vol.cache.write(self.vol.block_offset(vb), bytes(blocks[:head]))
-        await self.vol.write_ordered(lo, blocks[head:mid])
-        if mid < len(blocks):
-            await self.vol.cache.write(self.vol.block_offset(lo + count), bytes(blocks[mid:]))
 
     # -- size and allocation -------------------------------------------------------------
 

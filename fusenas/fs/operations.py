@@ -80,12 +80,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
+from fusenas.engine import Engine
 from fusenas.errors import DataLostError, FsError, NoSpaceError
-from fusenas.filesystem import Volume
 from fusenas.fs.files import FileStore
+from fusenas.fs.stats import OperationStats
 from fusenas.meta.model import Inode
 from fusenas.meta.store import ROOT_INO
-from fusenas.metrics import OperationStats
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def _boundary(
     fn: Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]],
 ) -> Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]]:
     """The one error boundary: only ``pyfuse3.FUSEError`` leaves a handler. Also the one
-    place every request is counted and timed (``self.op_stats``, read by fusenas.metrics).
+    place every request is counted and timed (``self.op_stats``, read by the observability
+    floor).
     ``_sync_boundary`` is the same for the synchronous handlers."""
     name = fn.__name__
 
@@ -198,7 +199,7 @@ class FusenasOperations(pyfuse3.Operations):
     #: FUSE fd (docs/dependencies.md); handlers here never block the loop, so it is safe.
     read_before_wait = True
 
-    def __init__(self, volume: Volume) -> None:
+    def __init__(self, volume: Engine) -> None:
         super().__init__()
         self.vol = volume
         self.meta = volume.meta

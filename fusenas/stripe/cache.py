@@ -10,17 +10,20 @@ Stripe states (md's raid5.h is the model)::
                        ▲                          │
                        └──── write while flushing ┘  (lands in a new dirty set of the stripe)
 
-A flush of one stripe: **analyse** (which blocks are dirty) → **decide** (the array picks
-full-stripe, read-modify-write or reconstruct-write) → **write-ahead** (commit the WAL up to the
+A flush of one stripe: **analyse** (which blocks are dirty) → **decide** (``fusenas.stripe.plan``
+picks full-stripe, read-modify-write or reconstruct-write; rows the engine's ``suspect_parity``
+names are never patched by read-modify-write) → **write-ahead** (commit the WAL up to the
 stripe's newest DATA record, and for a partial parity update journal and commit a ``STRIPE``
-record with the exact member writes) → **issue** (member writes, each under a deadline).
-Consecutive fully dirty stripes are flushed as one run: one write per member for the whole
-run (``Array.write_full_stripes``) instead of one per chunk, which is what makes a sequential
-write cheap per byte.
+record with the exact member writes) → **issue** (member writes, each under a deadline). The
+cache's ``StripeWriter`` (``writer``) does the deciding and issuing; the cache gives it the
+journal hook. Consecutive fully dirty stripes are flushed as one run: one write per member for
+the whole run (``StripeWriter.write_full_stripes``) instead of one per chunk, which is what
+makes a sequential write cheap per byte.
 
 Invariants:
-* At most one flush per stripe at a time (the array requires it); a stripe being flushed keeps
-  its blocks readable until the member writes are done.
+* At most one flush per stripe at a time (the writer's row lock orders two updates of a row,
+  but not their turns: an older dirty set could land after a newer one); a stripe being
+  flushed keeps its blocks readable until the member writes are done.
 * No block reaches a member before every WAL record up to its ``DATA`` record is durable (the
   write-ahead rule: a block freed and reused must not be overwritten while the record that
   freed it could still be lost).
@@ -34,13 +37,16 @@ stripes are finished by the flush worker, whose member I/O is not cancelled by c
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
+from fusenas.stripe.plan import Strategy
+from fusenas.stripe.writer import StripeWriter
 from fusenas.units import BLOCK_SIZE, LSN, ByteData
-from fusenas.volume.array import Array, MemberWrite, Strategy
+from fusenas.volume.array import Array
+from fusenas.volume.writes import MemberWrite
 from fusenas.wal.format import RecordType
 from fusenas.wal.log import WriteAheadLog
 
@@ -125,19 +131,29 @@ class CacheStatistics:
 
 
 class StripeCache:
-    """Write-back cache over ``array``, journaled through ``wal``. Offsets in logical bytes."""
+    """Write-back cache over ``array``, journaled through ``wal``. Offsets in logical bytes.
+
+    ``suspect_parity(stripe)``: True if the row's parity may disagree with its data (the
+    engine knows which rows: see ``fusenas.stripe.plan``); None: no row is suspect.
+    """
 
     def __init__(
         self,
         array: Array,
         wal: WriteAheadLog,
         *,
+        suspect_parity: Callable[[int], bool] | None = None,
         max_dirty: int = 256 << 20,
         max_age: float = DEFAULT_MAX_AGE,
         parallel_flushes: int = 8,
     ) -> None:
         self.array = array
         self.wal = wal
+        #: Plans and issues the stripe writes of flushes, journaling partial parity updates
+        #: (``_journal_stripe``) before it issues them.
+        self.writer = StripeWriter(
+            array, suspect_parity=suspect_parity, journal=self._journal_stripe
+        )
         self.max_dirty = max_dirty
         self.max_age = max_age
         self._stripe_size = array.geometry.stripe_data_size
@@ -283,7 +299,7 @@ class StripeCache:
         files make thousands of dirty stripes; one task each was a task explosion).
 
         Consecutive fully dirty stripes go to one worker together (up to ``MAX_RUN_BYTES``), so
-        that the array writes them as one run (``write_full_stripes``)."""
+        that the writer writes them as one run (``write_full_stripes``)."""
         todo = iter(self._runs(sorted(stripes)))
 
         async def worker() -> None:
@@ -334,8 +350,8 @@ class StripeCache:
 
     async def _issue(self, taken: Sequence[tuple[int, _Stripe]]) -> None:
         """Write-ahead, then write the stripes in place: a run of two or more full stripes in
-        one ``write_full_stripes``, a single stripe through ``write_stripe`` (which decides
-        full, RMW or RCW)."""
+        one ``write_full_stripes``, a single stripe through ``write_stripe`` (which plans
+        full, RMW, RCW or degraded, and journals a partial parity update first)."""
         max_lsn = max(st.max_lsn for _, st in taken)
         if max_lsn:
             await self.wal.commit(LSN(max_lsn))  # the write-ahead rule
@@ -344,7 +360,7 @@ class StripeCache:
             first = taken[0][0]
             if [s for s, _ in taken] == list(range(first, first + len(taken))):
                 data = b"".join(st.blocks[b] for _, st in taken for b in sorted(st.blocks))
-                await self.array.write_full_stripes(first, data)
+                await self.writer.write_full_stripes(first, data)
                 strategy = Strategy.FULL if self.array.geometry.parity_count else None
                 self._count(strategy, len(taken), len(taken) * full)
                 return
@@ -363,7 +379,7 @@ class StripeCache:
                 runs.append((block * BLOCK_SIZE, [st.blocks[block]]))
             prev = block
         parts = [(off, bufs[0] if len(bufs) == 1 else b"".join(bufs)) for off, bufs in runs]
-        strategy = await self.array.write_stripe(stripe, parts, journal=self._journal_stripe)
+        strategy = await self.writer.write_stripe(stripe, parts)
         self._count(strategy, 1, len(st.blocks))
 
     def _count(self, strategy: Strategy | None, stripes: int, blocks: int) -> None:
@@ -372,6 +388,7 @@ class StripeCache:
         self._by_strategy[strategy] = self._by_strategy.get(strategy, 0) + stripes
 
     async def _journal_stripe(self, writes: Sequence[MemberWrite]) -> None:
+        """The writer's journal hook: one ``STRIPE`` record, durable before it returns."""
         lsn = await self.wal.append(RecordType.STRIPE, encode_stripe(writes), urgent=True)
         await self.wal.commit(lsn)
 

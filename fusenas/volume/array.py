@@ -2,30 +2,28 @@
 
 Invariants
 ----------
-* Offsets given to ``Array`` are logical byte offsets in ``[0, geometry.logical_size)``; member
-  offsets it issues are absolute (the member's data area starts at ``data_offset``).
+* Offsets given to ``Array`` are logical byte offsets in ``[0, geometry.logical_size)``, except
+  member offsets (``issue``, ``read_members``), which are absolute (the member's data area
+  starts at ``data_offset``).
 * Member states: ``ACTIVE`` members serve I/O; ``FAULTY`` (failed while running) and
   ``MISSING`` (absent at open) are never touched. A ``REBUILDING`` member (a replacement being
-  filled by ``fusenas.volume.rebuild``) receives every write but serves no read until the
+  filled by ``fusenas.engine.rebuild``) receives every write but serves no read until the
   rebuild marks it active. A member is marked faulty on its first
   ``OSError`` or on an I/O that misses its deadline, and the request that hit the failure is
   retried from redundancy, so it succeeds whenever the level still tolerates the failures.
   ``on_member_failure`` callbacks run (synchronously) so the layers above can record it.
-* A stripe write is analysed (which data blocks it covers), decided (full-stripe, read-modify-
-  write or reconstruct-write, see :func:`choose_strategy`) and only then issued. When the write
-  updates parity without covering the whole stripe row, the exact member writes are handed to
-  the ``journal`` callback first, and issued only after it returns (closes the write hole: see
-  docs/architecture.md).
-* Rows whose parity may disagree with their data (``suspect_parity``, set by the layer that
-  knows: rows holding blocks not yet mapped, where an unjournaled write cut by a crash may
-  have landed on some members only) are never patched by read-modify-write, whose new
-  parity would inherit the error: a partial write to such a row recomputes the parity of the
-  whole row (reconstruct-write over every row offset, reading what it does not write), so
-  once live data is in the row its parity is right everywhere.
-* Concurrent writes to the same stripe must be serialized by the caller (the stripe cache
-  does). The array also holds a per-stripe lock around ``write_stripe``, ``rebuild_stripe`` and
-  the repair step of ``read_verified``, so a rebuild never writes a row reconstructed before a
-  concurrent write of that row, and a repair never rewrites parity under a stripe update.
+* The array does I/O and keeps member state; it decides nothing about stripe updates. Those
+  are planned by ``fusenas.stripe.plan`` (pure) and carried out by ``fusenas.stripe.writer``
+  with the primitives here: ``stripe_lock``, ``read_members`` (all or nothing), ``issue``.
+  Nothing here calls back into the layers above except the failure hooks.
+* ``stripe_lock(stripe)`` is the row lock: the stripe writer holds it from planning a row
+  update to the end of its issue, ``rebuild_stripe`` and the repair step of
+  ``read_verified`` hold it too, so a rebuild never writes a row reconstructed before a
+  concurrent update of that row, and a repair never rewrites parity under a stripe update.
+* ``issue`` writes what it is given, as given: a down member misses its write (its bytes come
+  from redundancy), a member failing its write is marked faulty, and ``DataLostError`` is
+  raised afterwards if the failures exceed what the level tolerates. With a write-intent
+  bitmap, the bits of the regions written are durable before the first write goes out.
 * Self-heal (``read_verified``): a block whose bytes fail the caller's check (its crc32c) is
   re-derived from every other combination redundancy offers (other mirror copies; for parity
   levels the row reconstructed without the suspect member, then without it and one more);
@@ -33,21 +31,20 @@ Invariants
   rewritten in place with the bytes the rest of the row already agrees with (no parity
   change, so no journal record is needed: a torn repair leaves a detectable bad copy again).
 
-Cancellation: a cancelled ``read`` leaves nothing behind. A cancelled ``write`` may have
-reached any subset of its member writes, exactly like a power cut; the journal makes that safe.
+Cancellation: a cancelled read (``read``, ``read_rows``, ``read_members``) leaves nothing
+behind. A cancelled ``issue`` (or ``rebuild_stripe``, or the repair of ``read_verified``) may
+have reached any subset of its member writes, exactly like a power cut; whoever planned the
+writes made that safe (the journal, for stripe updates).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
 import trio
 
 from fusenas.errors import DataLostError
@@ -56,31 +53,15 @@ from fusenas.volume import parity
 from fusenas.volume.device import BlockDevice
 from fusenas.volume.layout import Geometry, Level, Piece
 from fusenas.volume.superblock import DATA_OFFSET, MemberState
-
-if TYPE_CHECKING:
-    from fusenas.volume.bitmap import WriteIntentBitmap
+from fusenas.volume.writes import MemberWrite
 
 log = logging.getLogger(__name__)
-
-#: Bytes of data from which a run of full stripes is laid out and its parity computed in a
-#: worker thread instead of on the event loop (the hop costs ~60 us; 1 MiB of RAID6 ~1 ms).
-OFFLOAD_BYTES = 1 << 20
 
 #: Default deadline of one member I/O, seconds. A member that does not answer in time is
 #: failed and the request is served from redundancy.
 DEFAULT_IO_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class MemberWrite:
-    """One write to one member: absolute member byte offset and the bytes."""
-
-    member: int
-    offset: int
-    data: ByteData
-
-
-JournalHook = Callable[[Sequence[MemberWrite]], Awaitable[None]]
 FailureHook = Callable[[int, str], None]
 Verify = Callable[[bytes], bool]
 
@@ -104,43 +85,28 @@ class VerifiedRead:
     repaired: tuple[int, ...]
 
 
-class Strategy(enum.Enum):
-    """How a stripe row is updated (md's names)."""
+class MemberFailedError(Exception):
+    """A member I/O could not be served: the member is down, or it failed just now (it is then
+    marked faulty). Callers answer from redundancy instead."""
 
-    FULL = "full-stripe"  # parity from the new data alone, no reads
-    RMW = "read-modify-write"  # read old data of the written blocks and old parity
-    RCW = "reconstruct-write"  # read the data blocks not being written, recompute parity
-    DEGRADED = "degraded"  # some member of the row is down: read all, recover, recompute
-
-
-def choose_strategy(
-    ndata: int, nparity: int, covered: int, touched: int, degraded: bool
-) -> Strategy:
-    """Pick the stripe update strategy by counting member reads, as md's raid5 does.
-
-    ``covered`` data blocks are fully overwritten over the row range, ``touched`` data blocks
-    are written at least in part (``covered <= touched <= ndata``). Read-modify-write reads the
-    old contents of every touched block and every parity block; reconstruct-write reads every
-    data block that is not fully covered. Ties go to reconstruct-write, which leaves parity
-    computed from scratch rather than patched.
-    """
-    if degraded:
-        return Strategy.DEGRADED
-    if covered == ndata:
-        return Strategy.FULL
-    rmw_reads = touched + nparity
-    rcw_reads = ndata - covered
-    return Strategy.RMW if rmw_reads < rcw_reads else Strategy.RCW
-
-
-class _MemberFailed(Exception):
     def __init__(self, member: int) -> None:
         super().__init__(member)
         self.member = member
 
 
+class WriteIntent(Protocol):
+    """The write-intent bitmap as ``issue`` uses it (``fusenas.volume.bitmap``, which builds on
+    this module): ``begin`` makes the bits of the writes' regions durable and returns them,
+    ``end`` releases them once the writes are done."""
+
+    async def begin(self, writes: Sequence[MemberWrite]) -> set[int]: ...
+
+    def end(self, regions: set[int]) -> None: ...
+
+
 class Array:
-    """Reads and writes on the logical volume over ``devices`` (``None`` for an absent member)."""
+    """The logical volume over ``devices`` (``None`` for an absent member): reads, member
+    writes as planned by the stripe layer, member state."""
 
     def __init__(
         self,
@@ -172,10 +138,7 @@ class Array:
         self._stripe_locks: dict[int, trio.Lock] = {}
         #: The write-intent bitmap (``fusenas.volume.bitmap``): ``issue`` sets the bits of the
         #: regions it writes, durably, before any member write goes out. None: no bitmap.
-        self.write_intent: WriteIntentBitmap | None = None
-        #: ``suspect_parity(stripe)``: True if the row's parity may disagree with its data
-        #: (see the module docstring); such rows take reconstruct-write, never RMW.
-        self.suspect_parity: Callable[[int], bool] | None = None
+        self.write_intent: WriteIntent | None = None
 
     # -- member state ---------------------------------------------------------------------
 
@@ -253,13 +216,13 @@ class Array:
     async def _member_read(self, member: int, offset: int, length: int) -> bytes:
         dev = self.devices[member]
         if dev is None or not self.is_active(member):
-            raise _MemberFailed(member)
+            raise MemberFailedError(member)
         try:
             with trio.fail_after(self.io_timeout):
                 data = await dev.read(self.data_offset + offset, length)
         except (OSError, trio.TooSlowError) as exc:
             self.fail_member(member, _describe(exc))
-            raise _MemberFailed(member) from exc
+            raise MemberFailedError(member) from exc
         self.bytes_read[member] += length
         return data
 
@@ -375,7 +338,7 @@ class Array:
             if self.is_active(member):
                 try:
                     return await self._member_read(member, piece.member_offset, piece.length)
-                except _MemberFailed:
+                except MemberFailedError:
                     continue
         if self.geometry.parity_count == 0:
             raise DataLostError(
@@ -398,7 +361,7 @@ class Array:
         got: dict[int, bytes] = {}
 
         async def one(member: int) -> None:
-            with contextlib.suppress(_MemberFailed):  # a failed member is recovered below
+            with contextlib.suppress(MemberFailedError):  # a failed member is recovered below
                 got[member] = await self._member_read(member, member_off, length)
 
         async with trio.open_nursery() as nursery:
@@ -421,7 +384,7 @@ class Array:
         got: dict[int, bytes] = {}
 
         async def one(member: int) -> None:
-            with contextlib.suppress(_MemberFailed):
+            with contextlib.suppress(MemberFailedError):
                 got[member] = await self._member_read(member, member_off, length)
 
         async with trio.open_nursery() as nursery:
@@ -516,7 +479,7 @@ class Array:
 
     async def rebuild_stripe(self, stripe: int, member: int) -> None:
         """Write the chunk of ``member`` in ``stripe`` from the other members, under the row
-        lock (so a concurrent ``write_stripe`` of the row is either fully before or after).
+        lock (so a concurrent update of the row is either fully before or after).
         ``DataLostError`` if the row cannot be reconstructed; the target failing is marked
         faulty (the caller sees it in ``states``)."""
         g = self.geometry
@@ -533,7 +496,7 @@ class Array:
                         try:
                             content = await self._member_read(m, member_off, g.chunk)
                             break
-                        except _MemberFailed:
+                        except MemberFailedError:
                             continue
                 if content is None:
                     raise DataLostError(f"no surviving copy of stripe {stripe} to rebuild from")
@@ -550,242 +513,34 @@ class Array:
                     content = full[dmembers.index(member)]
             await self._write_raw(member, member_off, content)
 
-    # -- writes ---------------------------------------------------------------------------
+    # -- multi-member reads -------------------------------------------------------------
 
-    async def write(
-        self, offset: int, data: ByteData, *, journal: JournalHook | None = None
-    ) -> None:
-        """Write ``data`` at logical ``offset``: stripe by stripe, parity kept consistent.
-
-        ``journal`` (if given) receives the member writes of every partial parity update
-        before they are issued; see the module docstring.
-        """
-        view = memoryview(data)
-        by_stripe: dict[int, list[tuple[int, memoryview]]] = {}
-        for piece in self.geometry.map_range(offset, len(view)):
-            start = piece.logical_offset - offset
-            by_stripe.setdefault(piece.stripe, []).append(
-                (piece.logical_offset, view[start : start + piece.length])
-            )
-        for stripe, parts in by_stripe.items():
-            await self.write_stripe(stripe, parts, journal=journal)
-
-    async def write_stripe(
-        self,
-        stripe: int,
-        parts: Sequence[tuple[int, ByteData]],
-        *,
-        journal: JournalHook | None = None,
-    ) -> Strategy | None:
-        """Write ``parts`` (logical offset, bytes), all inside ``stripe``. Returns the strategy
-        used for parity levels (None for RAID0/1/10)."""
-        g = self.geometry
-        pieces = [
-            (p, memoryview(buf)[p.logical_offset - off : p.logical_offset - off + p.length])
-            for off, buf in parts
-            for p in g.map_range(off, len(buf))
-        ]
-        if any(p.stripe != stripe for p, _ in pieces):
-            raise ValueError("parts cross the stripe")
-        async with self.stripe_lock(stripe):
-            if g.parity_count == 0:
-                writes = []
-                for p, buf in pieces:
-                    data = bytes(buf)  # one copy, shared by every mirror (writes only read it)
-                    writes += [
-                        MemberWrite(m, self.data_offset + p.member_offset, data) for m in p.copies
-                    ]
-                await self.issue(writes)
-                return None
-            return await self._write_parity_stripe(stripe, pieces, journal)
-
-    async def write_full_stripes(self, first: int, data: ByteData) -> None:
-        """Write the whole stripes ``first, first + 1, …`` from ``data`` (a multiple of
-        ``stripe_data_size`` bytes, in logical order), at any level.
-
-        Parity comes from the new data alone (no reads, no journal: every data block of the
-        rows is rewritten), and each member gets one write for the whole run, since member
-        ranges of consecutive stripes are contiguous (``full_stripe_writes``); a run of k
-        stripes is ``members`` writes instead of ``k * members``. Runs of ``OFFLOAD_BYTES`` or
-        more are laid out and their parity computed in a worker thread (numpy releases the
-        GIL), off the event loop. Row locks are taken in ascending stripe order (never
-        deadlocks with single-row lockers). A down member misses its write, as in ``issue``.
-        """
-        g = self.geometry
-        view = memoryview(data).cast("B")
-        count, rest = divmod(view.nbytes, g.stripe_data_size)
-        if rest or count == 0:
-            raise ValueError(f"{view.nbytes} bytes is not a whole number of stripes")
-        async with contextlib.AsyncExitStack() as stack:
-            for stripe in range(first, first + count):
-                await stack.enter_async_context(self.stripe_lock(stripe))
-            if view.nbytes >= OFFLOAD_BYTES:
-                writes = await trio.to_thread.run_sync(
-                    full_stripe_writes, g, self.data_offset, first, view
-                )
-            else:
-                writes = full_stripe_writes(g, self.data_offset, first, view)
-            await self.issue(writes)
-
-    async def _write_parity_stripe(
-        self,
-        stripe: int,
-        pieces: list[tuple[Piece, memoryview]],
-        journal: JournalHook | None,
-    ) -> Strategy:
-        g = self.geometry
-        ndata = g.data_per_stripe
-        lo = min(p.chunk_offset for p, _ in pieces)
-        hi = max(p.chunk_offset + p.length for p, _ in pieces)
-        suspect = self.suspect_parity is not None and self.suspect_parity(stripe)
-        if suspect:
-            lo, hi = 0, g.chunk  # recompute the parity of the whole row, not just the range
-        rlen = hi - lo
-        # Analyse: the new bytes of each data block over the row range [lo, hi).
-        new: dict[int, bytearray] = {}
-        filled: dict[int, int] = {}
-        for p, buf in pieces:
-            block = new.setdefault(p.data_index, bytearray(rlen))
-            block[p.chunk_offset - lo : p.chunk_offset - lo + p.length] = buf
-            filled[p.data_index] = filled.get(p.data_index, 0) + p.length
-        covered = {i for i, n in filled.items() if n >= rlen}
-        dmembers = [g.data_copies(stripe, i)[0] for i in range(ndata)]
-        pmembers = g.parity_members(stripe)
-        row_members = [*dmembers, *pmembers]
-        strategy = choose_strategy(
-            ndata,
-            len(pmembers),
-            len(covered),
-            len(new),
-            any(not self.is_active(m) for m in row_members),
-        )
-        if strategy is Strategy.RMW and suspect:
-            strategy = Strategy.RCW
-        # Decide and compute: the full new data of the row, then parity.
-        member_off = stripe * g.chunk + lo
-        if strategy is Strategy.RMW:
-            try:
-                old = await self._read_many(
-                    [*(dmembers[i] for i in new), *pmembers], member_off, rlen
-                )
-            except _MemberFailed:
-                return await self._write_parity_stripe(stripe, pieces, journal)
-            old_p = old[pmembers[0]]
-            old_q = old[pmembers[1]] if len(pmembers) > 1 else b""
-            for i in new:
-                old_d = old[dmembers[i]]
-                merged = _merge(old_d, pieces, i, lo)
-                if len(pmembers) == 1:
-                    old_p = parity.update_p(old_p, old_d, merged)
-                else:
-                    old_p, old_q = parity.update_pq(old_p, old_q, i, old_d, merged)
-            parities = [old_p] if len(pmembers) == 1 else [old_p, old_q]
-        else:
-            if strategy is Strategy.FULL:
-                full: list[bytes] = [bytes(new[i]) for i in range(ndata)]
-            elif strategy is Strategy.RCW:
-                need = [dmembers[i] for i in range(ndata) if i not in covered]
-                try:
-                    old = await self._read_many(need, member_off, rlen)
-                except _MemberFailed:
-                    return await self._write_parity_stripe(stripe, pieces, journal)
-                full = [
-                    bytes(new[i]) if i in covered else _merge(old[dmembers[i]], pieces, i, lo)
-                    for i in range(ndata)
-                ]
-            else:
-                rows = await self.read_rows(stripe, lo, rlen)
-                full = [_merge(rows[i], pieces, i, lo) for i in range(ndata)]
-            parities = [parity.gen_p(full)] if len(pmembers) == 1 else list(parity.gen_pq(full))
-        writes = [
-            MemberWrite(dmembers[p.data_index], self.data_offset + p.member_offset, bytes(buf))
-            for p, buf in pieces
-        ] + [
-            MemberWrite(m, self.data_offset + member_off, bytes(pv))
-            for m, pv in zip(pmembers, parities, strict=True)
-        ]
-        if journal is not None and strategy is not Strategy.FULL:
-            await journal(writes)
-        await self.issue(writes)
-        return strategy
-
-    async def _read_many(
+    async def read_members(
         self, members: Sequence[int], offset: int, length: int
     ) -> dict[int, bytes]:
-        """Read the same member range from several members; ``_MemberFailed`` if any fails."""
+        """Read the same range, at absolute member ``offset`` (as in ``MemberWrite``), from
+        each of ``members`` concurrently: ``{member: bytes}``.
+
+        All or nothing: if any of them is down or fails (it is then marked faulty), raises
+        ``MemberFailedError`` naming one, after every read has ended. This is what a stripe
+        update reads before it writes (``fusenas.stripe.writer``): it plans again around the
+        failed member rather than use a partial answer. Cancelled: nothing changed.
+        """
         out: dict[int, bytes] = {}
         failed: list[int] = []
 
         async def one(m: int) -> None:
             try:
-                out[m] = await self._member_read(m, offset, length)
-            except _MemberFailed:
+                out[m] = await self._member_read(m, offset - self.data_offset, length)
+            except MemberFailedError:
                 failed.append(m)
 
         async with trio.open_nursery() as nursery:
             for m in members:
                 nursery.start_soon(one, m)
         if failed:
-            raise _MemberFailed(failed[0])
+            raise MemberFailedError(failed[0])
         return out
-
-
-def full_stripe_writes(
-    g: Geometry, data_offset: int, first: int, data: memoryview
-) -> list[MemberWrite]:
-    """The member writes that store whole stripes ``first, …`` holding ``data`` (logical
-    order, a multiple of ``stripe_data_size`` bytes): one write per member covering the run,
-    parity included. Pure (no I/O, no state), safe in a worker thread; ``data`` is read, never
-    kept beyond the returned views. Members whose bytes are the same (mirrors) share one
-    buffer, and a member holding one data index of every stripe (RAID1, RAID0/10 without
-    rotation) gets a view or a single strided copy."""
-    chunk, ndata = g.chunk, g.data_per_stripe
-    count = data.nbytes // g.stripe_data_size
-    rows = np.frombuffer(data, dtype=np.uint8).reshape(count, ndata, chunk)
-    p = q = None
-    if g.parity_count:
-        p, q = parity.gen_rows(rows, want_q=g.parity_count == 2)
-    # What each member holds in each stripe of the run: ("d", data index), ("p"), ("q").
-    plans: dict[int, list[tuple[str, int]]] = {m: [] for m in range(g.members)}
-    for k in range(count):
-        stripe = first + k
-        for i in range(ndata):
-            for m in g.data_copies(stripe, i):
-                plans[m].append(("d", i))
-        for kind, m in zip("pq", g.parity_members(stripe), strict=False):
-            plans[m].append((kind, 0))
-    built: dict[tuple[tuple[str, int], ...], npt.NDArray[np.uint8]] = {}
-    writes = []
-    for member in range(g.members):
-        plan = tuple(plans[member])
-        assert len(plan) == count, "every member holds one chunk of every stripe"
-        if plan not in built:
-            if len(set(plan)) == 1 and plan[0][0] == "d":
-                buf = np.ascontiguousarray(rows[:, plan[0][1]])  # a view when ndata == 1
-            else:
-                buf = np.empty((count, chunk), dtype=np.uint8)
-                for k, (kind, i) in enumerate(plan):
-                    if kind == "d":
-                        buf[k] = rows[k, i]
-                    elif kind == "p":
-                        assert p is not None
-                        buf[k] = p[k]
-                    else:
-                        assert q is not None
-                        buf[k] = q[k]
-            built[plan] = buf
-        view = built[plan].reshape(-1).data  # a memoryview, no copy
-        writes.append(MemberWrite(member, data_offset + first * chunk, view))
-    return writes
-
-
-def _merge(old: ByteData, pieces: list[tuple[Piece, memoryview]], index: int, lo: int) -> bytes:
-    """Old row bytes of data block ``index`` with the written pieces laid over them."""
-    out = bytearray(old)
-    for p, buf in pieces:
-        if p.data_index == index:
-            out[p.chunk_offset - lo : p.chunk_offset - lo + p.length] = buf
-    return bytes(out)
 
 
 def _describe(exc: BaseException) -> str:

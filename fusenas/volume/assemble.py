@@ -29,6 +29,7 @@ import trio
 
 from fusenas.errors import VolumeError
 from fusenas.volume.array import Array
+from fusenas.volume.bitmap import WriteIntentBitmap
 from fusenas.volume.device import BlockDevice, DeviceProvider
 from fusenas.volume.layout import Geometry, Level, format_size
 from fusenas.volume.member import FILES
@@ -58,6 +59,9 @@ class ArrayMembers:
     #: Event counter of each present member's own superblock (None: missing); tells how
     #: long a returning member was away (``fusenas.volume.bitmap``).
     member_events: list[int | None] = field(default_factory=list)
+    #: The write-intent bitmap attached to ``array`` (it records the events counter of the
+    #: superblocks its bits were last cleared at), or None.
+    bitmap: WriteIntentBitmap | None = None
 
     @property
     def array_uuid(self) -> uuid.UUID:
@@ -84,8 +88,8 @@ class ArrayMembers:
             member_states=tuple(self.array.states if recorded is None else recorded),
         )
         self.template = sb
-        if self.array.write_intent is not None:
-            self.array.write_intent.events = sb.events
+        if self.bitmap is not None:
+            self.bitmap.events = sb.events
 
         async def one(i: int, dev: BlockDevice) -> None:
             try:

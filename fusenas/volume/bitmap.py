@@ -41,7 +41,7 @@ Returning member
     regions alone iff the survivors hold a valid bitmap, the slot's tracked uuid equals the
     member uuid in the returning member's own superblock, and that superblock's events are
     not older than the bitmap's last clear (no clear can have happened while it was away).
-    Otherwise it is rebuilt in full. See ``fusenas.volume.rebuild.readd_member``.
+    Otherwise it is rebuilt in full. See ``fusenas.engine.rebuild.readd_member``.
 
 Cancellation: a cancelled :meth:`begin` leaves the bits set in memory and possibly on some
 members; the member writes were not issued. Harmless (extra bits only).
@@ -54,15 +54,13 @@ import struct
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import crc32c
 import trio
 
+from fusenas.volume.array import Array
 from fusenas.volume.superblock import BITMAP_OFFSET, DATA_OFFSET, MAX_MEMBERS
-
-if TYPE_CHECKING:
-    from fusenas.volume.array import Array, MemberWrite
+from fusenas.volume.writes import MemberWrite
 
 log = logging.getLogger(__name__)
 

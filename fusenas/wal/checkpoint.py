@@ -42,7 +42,11 @@ _HEADER = struct.Struct("<8sI16sQQQQI")
 
 
 class LogicalVolume(Protocol):
-    """What checkpoints need of the volume: logical reads, writes and a flush."""
+    """What checkpoints need of the volume: logical reads, writes and a flush.
+
+    In production a ``fusenas.stripe.writer.StripeWriter`` over the array, without a journal
+    hook: the regions' safety is the two-slot order above, not the WAL.
+    """
 
     async def read(self, offset: int, length: int) -> bytes: ...
     async def write(self, offset: int, data: ByteData) -> None: ...

@@ -30,6 +30,11 @@ Invariants:
 5. LSNs are consecutive (PAD records take one too); ``format`` zeroes an old journal's ring so
    LSN 1 cannot meet a stale record of a previous journal.
 
+Ordered data: a caller that wrote data in place without a record (whole fresh stripes, ext4's
+data=ordered) reports it with ``ordered_write_done``; before it writes the next batch, the
+commit leader flushes ``ordered_data`` (the array), so a record appended after such a write is
+never durable before that write's data. The WAL calls down to the array for this, never up.
+
 Concurrency: single trio thread; state is changed only between awaits. At most one task (the
 commit *leader*) does log I/O at a time; ``append_nowait`` never awaits.
 
@@ -53,8 +58,9 @@ from __future__ import annotations
 import bisect
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -136,6 +142,12 @@ class _Slot:
     vpos: int
 
 
+class Flushable(Protocol):
+    """Something whose completed writes ``flush`` makes durable (the array, for ordered data)."""
+
+    async def flush(self) -> None: ...
+
+
 class WriteAheadLog:
     """A circular log of typed records on a BlockDevice. Create with ``format``/``open``."""
 
@@ -165,10 +177,10 @@ class WriteAheadLog:
         self._commit_done = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
         self._failed: JournalError | None = None
-        #: Awaited by the commit leader after it took a batch and before writing it: the
-        #: volume makes the data of unjournaled (ordered) writes durable there, so that the
-        #: records mapping that data are never durable before it. A failure fails the log.
-        self.before_write: Callable[[], Awaitable[None]] | None = None
+        #: Where unjournaled ("ordered") writes go (the array); see ``ordered_write_done``.
+        self.ordered_data: Flushable | None = None
+        self._ordered_done = 0  # ordered writes reported complete
+        self._ordered_flushed = 0  # of those, covered by a flush of ``ordered_data``
         #: Bytes at the end of the free space that only ``urgent`` records may use.
         self.headroom = 0
         self._closed = False
@@ -481,8 +493,8 @@ class WriteAheadLog:
             while self._pending and self._durable_lsn < goal:
                 batch = self._take_batch()
                 with trio.CancelScope(shield=True):
-                    if self.before_write is not None:
-                        await self._before_write(self.before_write)
+                    if self._ordered_done > self._ordered_flushed:
+                        await self._flush_ordered_data()
                     await self._write_batch(batch)
                 await trio.lowlevel.checkpoint_if_cancelled()
         finally:
@@ -490,13 +502,24 @@ class WriteAheadLog:
             self._commit_done = trio.Event()
             done.set()
 
-    async def _before_write(self, hook: Callable[[], Awaitable[None]]) -> None:
+    def ordered_write_done(self) -> None:
+        """An unjournaled write to ``ordered_data`` completed (ext4's data=ordered): the next
+        batch is written only after a flush of ``ordered_data``, so that no record written
+        from now on — the one mapping that data, say — is durable before the data is.
+        Never blocks."""
+        self._ordered_done += 1
+
+    async def _flush_ordered_data(self) -> None:
+        """Run by the commit leader after it took a batch and before writing it."""
+        assert self.ordered_data is not None, "ordered_write_done without ordered_data"
+        done = self._ordered_done
         try:
-            await hook()
+            await self.ordered_data.flush()
         except Exception as e:  # the taken batch can no longer be written in order
             self._failed = JournalError(f"preparing a commit of {self._dev.name} failed: {e}")
             self._room.unpark_all()
             raise self._failed from e
+        self._ordered_flushed = max(self._ordered_flushed, done)
 
     def _take_batch(self) -> list[tuple[_Slot, list[ByteData]]]:
         batch: list[tuple[_Slot, list[ByteData]]] = []

@@ -25,10 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusenas.engine import Engine, create_volume, open_volume
+from fusenas.engine.verify import verify_checksums
 from fusenas.errors import VolumeError
-from fusenas.filesystem import Volume, create_volume, open_volume
 from fusenas.fs.files import FileStore
-from fusenas.fsck import verify_checksums
 from fusenas.meta.fsck import check
 from fusenas.units import ByteData
 from fusenas.volume.layout import Level
@@ -163,7 +163,7 @@ async def make_volume(voldir: Path, level: Level, members: int, provider: PowerC
 class Workload:
     """A seeded random sequence of namespace and data operations, mirrored in a model."""
 
-    def __init__(self, vol: Volume, rng: random.Random, provider: PowerCutProvider) -> None:
+    def __init__(self, vol: Engine, rng: random.Random, provider: PowerCutProvider) -> None:
         self.vol = vol
         self.files = FileStore(vol)
         self.rng = rng
@@ -249,7 +249,7 @@ class Workload:
         self.provider.done = len(self.history) - 1
 
 
-async def read_tree(vol: Volume) -> Tree:
+async def read_tree(vol: Engine) -> Tree:
     """The namespace and file contents of a recovered volume, as a ``Tree``."""
     files = FileStore(vol)
     tree: Tree = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fusenas.filesystem import open_volume
+from fusenas.engine import open_volume
 from fusenas.volume.layout import Level
 from tests.crash.harness import PowerCutProvider, Workload, make_volume, recover_and_check
 

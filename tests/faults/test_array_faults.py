@@ -1,10 +1,11 @@
 """The fault matrix at the array level: every RAID level by every injected fault.
 
-Each case writes a seeded random image through ``Array``, injects one fault into member 1 with
-``FaultyDevice`` (``fusenas.volume.faults``) and reads everything back. Where the level has
-redundancy the read equals the model and the member is failed (EIO, hang, a dying disk), or
-the rot is found by the block checksums and repaired in place (bit flips on write, on read);
-RAID0 loses the data and says so (``DataLostError``). docs/faults.md names these tests.
+Each case writes a seeded random image through ``Array`` (by a ``StripeWriter``), injects one
+fault into member 1 with ``FaultyDevice`` (``fusenas.volume.faults``) and reads everything back.
+Where the level has redundancy the read equals the model and the member is failed (EIO, hang,
+a dying disk), or the rot is found by the block checksums and repaired in place (bit flips on
+write, on read); RAID0 loses the data and says so (``DataLostError``). docs/faults.md names
+these tests.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import trio
 
 from fusenas.errors import DataLostError
+from fusenas.stripe.writer import StripeWriter
 from fusenas.units import BLOCK_SIZE
 from fusenas.volume.array import Array
 from fusenas.volume.faults import FaultSpec, FaultyDevice, flip_bit, parse_inject
@@ -72,7 +74,7 @@ async def test_member_failure_is_served_from_redundancy(
     level: Level, members: int, kind: str
 ) -> None:
     array, devs, image = make(level, members)
-    await array.write(0, image)
+    await StripeWriter(array).write(0, image)
     failures: list[int] = []
     array.failure_hooks.append(lambda m, why: failures.append(m))
     arg = {"fail": 0.0, "fail_after": 3.0, "hang_after": 2.0, "slow": 0.001}[kind]
@@ -89,7 +91,7 @@ async def test_member_failure_is_served_from_redundancy(
         assert await array.read(0, len(image)) == image
         # Writes keep working degraded, and read back.
         new = random.Random(7).randbytes(3 * CHUNK + 100)
-        await array.write(CHUNK // 2, new)
+        await StripeWriter(array).write(CHUNK // 2, new)
         image = image[: CHUNK // 2] + new + image[CHUNK // 2 + len(new) :]
         assert await array.read(0, len(image)) == image
     assert array.states[1] == MemberState.FAULTY
@@ -100,7 +102,7 @@ async def test_member_failure_is_served_from_redundancy(
 async def test_rot_on_write_is_healed_by_checksums(level: Level, members: int) -> None:
     array, devs, image = make(level, members)
     devs[1].arm(FaultSpec(1, "corrupt_write", 0.3))
-    await array.write(0, image)
+    await StripeWriter(array).write(0, image)
     devs[1].corrupt_write = 0.0
     assert devs[1].corrupted > 0
     if level == Level.RAID0:
@@ -120,7 +122,7 @@ async def test_rot_on_write_is_healed_by_checksums(level: Level, members: int) -
 @pytest.mark.parametrize(("level", "members"), LEVELS, ids=lambda v: str(v))
 async def test_rot_on_read_is_served_from_redundancy(level: Level, members: int) -> None:
     array, devs, image = make(level, members)
-    await array.write(0, image)
+    await StripeWriter(array).write(0, image)
     devs[1].arm(FaultSpec(1, "corrupt_read", 1.0))
     if level == Level.RAID0:
         with pytest.raises(DataLostError):
@@ -131,7 +133,7 @@ async def test_rot_on_read_is_served_from_redundancy(level: Level, members: int)
 
 async def test_raid6_two_rotten_members_in_one_row_are_both_repaired() -> None:
     array, devs, image = make(Level.RAID6, 5)
-    await array.write(0, image)
+    await StripeWriter(array).write(0, image)
     g = array.geometry
     # Stripe 0, data index 0: rot its block and the same range on the P member.
     d = g.data_copies(0, 0)[0]
@@ -150,7 +152,7 @@ async def test_raid6_two_rotten_members_in_one_row_are_both_repaired() -> None:
 
 async def test_raid5_rot_while_degraded_is_unrecoverable() -> None:
     array, devs, image = make(Level.RAID5, 4)
-    await array.write(0, image)
+    await StripeWriter(array).write(0, image)
     g = array.geometry
     d = g.data_copies(0, 0)[0]
     other = g.data_copies(0, 1)[0]
@@ -166,7 +168,7 @@ async def test_raid5_rot_while_degraded_is_unrecoverable() -> None:
 async def test_rebuild_stripe_restores_a_replaced_member() -> None:
     for level, members in LEVELS[1:]:
         array, devs, image = make(level, members)
-        await array.write(0, image)
+        await StripeWriter(array).write(0, image)
         fresh = MemoryDevice(devs[1].size, "new")
         array.attach(1, fresh, MemberState.REBUILDING)
         for s in range(array.geometry.stripes):

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from fusenas.filesystem import open_volume
-from fusenas.fsck import verify_checksums
+from fusenas.engine import open_volume
+from fusenas.engine.rebuild import readd_member
+from fusenas.engine.scrub import scrub_volume
+from fusenas.engine.verify import verify_checksums
 from fusenas.meta.fsck import check
-from fusenas.scrub import scrub_volume
 from fusenas.volume.bitmap import BITMAP_OFFSET, SLOT_SIZE
 from fusenas.volume.layout import Level
-from fusenas.volume.rebuild import readd_member
 from fusenas.volume.superblock import DATA_OFFSET, MemberState
 from tests.crash.harness import PowerCutProvider, Tree, Workload, make_volume, read_tree
 
@@ -54,7 +54,7 @@ async def first_session(voldir: Path, level: Level, members: int) -> tuple[Power
         # the checkpoint images (rewritten at every checkpoint).
         await vol.checkpoint()
         await vol.checkpoint()
-        assert vol.members.array.write_intent is not None
+        assert vol.bitmap is not None
         model = dict(work.model)
     return mem, model
 
@@ -89,7 +89,7 @@ async def test_briefly_missing_member_resyncs_only_dirty_regions(
     # Member 1 is missing: the volume mounts degraded and keeps writing.
     away = PowerCutProvider.booted(images(mem), [path])
     async with open_volume(voldir, provider=away, spares=False) as vol:
-        bitmap = vol.members.array.write_intent
+        bitmap = vol.bitmap
         assert bitmap is not None and vol.members.array.states[back] == MemberState.MISSING
         before = set(bitmap.bits)
         work = await run_steps(vol, away, model, 100 + int(level), 12)
@@ -102,7 +102,7 @@ async def test_briefly_missing_member_resyncs_only_dirty_regions(
         assert array.states[back] == MemberState.FAULTY
         assert vol.returning == {back: True}, vol.notes
         assert any("is back: resync of" in n for n in vol.notes)
-        bitmap = array.write_intent
+        bitmap = vol.bitmap
         assert bitmap is not None
         dirty = sum(hi - lo for lo, hi in bitmap.dirty_stripe_ranges())
         stats = await readd_member(vol, back, True, workers=3)
@@ -160,20 +160,20 @@ async def test_member_back_without_usable_bitmap_is_rebuilt_in_full(tmp_path: Pa
 async def test_replaced_slot_is_not_resynced_from_the_bitmap(tmp_path: Path) -> None:
     """The old member of a slot that was replaced meanwhile: its uuid is not the tracked one,
     so it is not taken for the slot's member (a full rebuild instead)."""
-    from fusenas.volume import rebuild as rb
+    from fusenas.engine import rebuild as rb
 
     voldir = tmp_path / "vol"
     mem, model = await first_session(voldir, Level.RAID5, 4)
     path = voldir / "member-1.img"
     saved = bytes(mem.devices[path].data)
     async with open_volume(voldir, provider=mem, spares=False) as vol:
-        tracked_before = vol.members.array.write_intent.image.tracked[1]  # type: ignore[union-attr]
+        tracked_before = vol.bitmap.image.tracked[1]  # type: ignore[union-attr]
         vol.members.array.fail_member(1, "test")
         await vol.update_superblocks()
-        dev = await rb._open_new(mem, voldir / "member-1b.img", rb.member_size(vol))
+        dev = await rb.open_new_device(mem, voldir / "member-1b.img", rb.member_size(vol))
         await rb.attach_replacement(vol, 1, dev, voldir / "member-1b.img")
         await rb.rebuild_member(vol, 1)
-        assert vol.members.array.write_intent.image.tracked[1] != tracked_before  # type: ignore[union-attr]
+        assert vol.bitmap.image.tracked[1] != tracked_before  # type: ignore[union-attr]
     # Put the old member file back under the slot's configured path.
     mem = PowerCutProvider.booted({**images(mem), voldir / "member-1b.img": saved})
     async with open_volume(voldir, provider=mem, spares=False) as vol:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from fusenas.filesystem import open_volume
+from fusenas.engine import open_volume
 from fusenas.fs.files import FileStore
 from fusenas.volume.layout import Level
 from fusenas.volume.superblock import DATA_OFFSET
@@ -130,16 +130,17 @@ def test_add_spare(tmp_path: Path) -> None:
 
 
 def test_status_shows_rebuilding_and_spares(tmp_path: Path) -> None:
-    from fusenas.volume import rebuild as rb
+    from fusenas.engine import rebuild, spares
+    from fusenas.volume.member import FILES
 
     voldir = make(tmp_path)
 
     async def start_replace() -> None:
         async with open_volume(voldir, checkpointer=False, spares=False) as vol:
             new = voldir / "new-3.img"
-            dev = await rb._open_new(rb.FILES, new, rb.member_size(vol))
-            await rb.attach_replacement(vol, 3, dev, new)  # interrupted before any stripe
-            await rb.add_spare(vol, voldir / "spare.img")
+            dev = await rebuild.open_new_device(FILES, new, rebuild.member_size(vol))
+            await rebuild.attach_replacement(vol, 3, dev, new)  # interrupted before any stripe
+            await spares.add_spare(vol, voldir / "spare.img")
 
     trio.run(start_replace)
     r = run("status", str(voldir))

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from fusenas.filesystem import open_volume
-from fusenas.fsck import verify_checksums
+from fusenas.engine import open_volume
+from fusenas.engine.rebuild import rebuild_member, replace
+from fusenas.engine.spares import add_spare, load_spares
+from fusenas.engine.verify import verify_checksums
 from fusenas.meta.fsck import check
-from fusenas.metrics import INTEGRITY
 from fusenas.volume.faults import FaultyProvider
 from fusenas.volume.layout import Level
-from fusenas.volume.rebuild import add_spare, load_spares, rebuild_member, replace
 from fusenas.volume.superblock import MemberState
 from tests.crash.harness import PowerCutProvider, Tree, Workload, make_volume, read_tree
 
@@ -75,7 +75,7 @@ async def test_online_replace_with_foreground_writes(
         assert stats.stripes == vol.members.array.geometry.stripes
         assert seen and seen[-1] == stats.stripes
         chunk = vol.members.array.geometry.chunk
-        assert INTEGRITY.progress["rebuild"] == (stats.stripes * chunk, stats.stripes * chunk)
+        assert vol.integrity.progress["rebuild"] == (stats.stripes * chunk, stats.stripes * chunk)
         for _ in range(20):
             await work.step()
         model = dict(work.model)
@@ -102,9 +102,9 @@ async def test_interrupted_rebuild_resumes_from_recovery_offset(tmp_path: Path) 
                     scope.cancel()
 
             member = 2
-            from fusenas.volume import rebuild as rb
+            from fusenas.engine import rebuild as rb
 
-            dev = await rb._open_new(mem, new, rb.member_size(vol))
+            dev = await rb.open_new_device(mem, new, rb.member_size(vol))
             await rb.attach_replacement(vol, member, dev, new)
             await rebuild_member(vol, member, workers=2, progress=stop, checkpoint_bytes=16384)
         assert scope.cancelled_caught
@@ -148,8 +148,8 @@ async def test_spare_takes_over_a_failed_member(tmp_path: Path) -> None:
 async def test_idle_workers_steal_from_a_slow_one(tmp_path: Path) -> None:
     """The new member is slow in its first quarter: the workers that finish early take over
     the unstarted half of the slow range, again and again."""
+    from fusenas.engine import rebuild as rb
     from fusenas.units import ByteData
-    from fusenas.volume import rebuild as rb
     from fusenas.volume.superblock import DATA_OFFSET
     from tests.devices import MemoryDevice
 

@@ -13,10 +13,10 @@ import pytest
 import trio
 import trio.testing
 
+from fusenas.engine import open_volume
+from fusenas.engine.verify import verify_checksums
 from fusenas.errors import DataLostError, FsError
-from fusenas.filesystem import open_volume
 from fusenas.fs.files import FileStore
-from fusenas.fsck import verify_checksums
 from fusenas.meta.fsck import check
 from fusenas.volume.faults import FaultyProvider
 from fusenas.volume.layout import Level

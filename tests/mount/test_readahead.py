@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusenas.mount import DEFAULT_READAHEAD_KB, set_readahead
+from fusenas.cli.mount import DEFAULT_READAHEAD_KB, set_readahead
 from tests.mount.conftest import Mount, Mounter, run_fusenas, wait_released
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
@@ -73,7 +73,7 @@ def test_bad_readahead_is_refused(tmp_path: Path, value: str) -> None:
 
 def test_readahead_failure_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
     # A device number with no bdi: the write fails (ENOENT) like a read-only /sys would.
-    with caplog.at_level(logging.INFO, logger="fusenas.mount"):
+    with caplog.at_level(logging.INFO, logger="fusenas.cli.mount"):
         assert not set_readahead(os.makedev(4095, 1048575), 1024)
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "readahead stays the kernel's" in caplog.text

@@ -83,7 +83,13 @@ LIVE_SECTIONS: dict[str, dict[str, Any]] = {
         "rcw_writes": INT,
         "degraded_writes": INT,
     },
-    "checkpoints": {"count": INT, "seconds_total": NUM, "last_seconds": (int, float, type(None))},
+    "checkpoints": {
+        "count": INT,
+        "failed": INT,
+        "seconds_total": NUM,
+        "last_seconds": (int, float, type(None)),
+        "image_bytes": INT,
+    },
     "locks": {
         "acquisitions": INT,
         "contended": INT,

@@ -1,11 +1,13 @@
-"""Real mounts: the Prometheus endpoint during a workload, request counts that show what the
-kernel answers itself (FLUSH, negative lookups), and the control socket."""
+"""Real mounts: the Prometheus endpoint during a workload, checksum errors found by a read
+and by a scrub, request counts that show what the kernel answers itself (FLUSH, negative
+lookups), and the control socket."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import random
 import stat
 import subprocess
 import threading
@@ -19,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mount.conftest import Mounter, run_fusenas
+from tests.observability.rot import rot_one_block
 from tests.observability.schema import check_report
 
 pytestmark = pytest.mark.mount
@@ -158,6 +161,51 @@ def test_metrics_follow_a_workload(volume: Path, mounter: Mounter) -> None:
             name = key[0]
             if (name.endswith(("_total", "_count", "_bucket"))) and key in b:
                 assert b[key] >= v, (key, v, b[key])
+    assert mounter.unmount(m) == 0, m.log()
+
+
+def test_checksum_errors_are_counted_once(volume: Path, mounter: Mounter) -> None:
+    """A block rotted on a member file under the mount: reading its file finds it (and heals
+    it), a scrub finds another one nobody read; ``fusenas_checksum_errors_found_total`` moves
+    by exactly one for each, as does ``..._repaired_total`` (one member copy rewritten)."""
+    m = mounter.mount(volume, None, "-o", "metrics=0,flush_age=0.2")
+    url = status_json(m.mnt)["metrics"]
+    data = {name: random.Random(name).randbytes(1 << 20) for name in ("read", "scrub")}
+    for name, content in data.items():
+        with open(m.mnt / name, "wb") as f:
+            f.write(content)
+            os.fsync(f.fileno())
+    deadline = time.monotonic() + 30  # the stripe cache writes the edges in place by age
+    while status_json(m.mnt)["cache"]["dirty_bytes"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    found, repaired = (
+        "fusenas_checksum_errors_found_total",
+        "fusenas_checksum_errors_repaired_total",
+    )
+    before = scrape(url)
+    for content in data.values():
+        rot_one_block(volume / "member-0.img", content)
+
+    fd = os.open(m.mnt / "read", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # make the read reach the daemon
+        assert os.pread(fd, 1 << 20, 0) == data["read"]
+    finally:
+        os.close(fd)
+    after_read = scrape(url)
+    assert value(after_read, found) - value(before, found) == 1
+    assert value(after_read, repaired) - value(before, repaired) == 1
+
+    r = run_fusenas("scrub", str(m.mnt), "--rate", "1G", "--quiet", timeout=300)
+    assert r.returncode == 0 and "mismatches: 1 checksum" in r.stdout, r.stdout + r.stderr
+    after_scrub = scrape(url)
+    assert value(after_scrub, found) - value(before, found) == 2
+    assert value(after_scrub, repaired) - value(before, repaired) == 2
+    assert value(after_scrub, "fusenas_checksum_errors_unrecoverable_total") == 0
+    assert value(after_scrub, "fusenas_member_bad_blocks_total", member="0") == 2
+    assert status_json(m.mnt)["integrity"]["checksum_errors_found"] == value(after_scrub, found)
+    assert (m.mnt / "scrub").read_bytes() == data["scrub"]
     assert mounter.unmount(m) == 0, m.log()
 
 

@@ -1,22 +1,23 @@
 """Model-based tests of the logical array: every level, with members removed at random points.
 
-Each case runs a seeded random sequence of writes and reads of random sizes and offsets against
-an in-memory ``bytearray`` model; at a random point one member (two for RAID6; one per pair for
-RAID10) disappears or starts failing, and every later read must still equal the model.
+Each case runs a seeded random sequence of writes (through a ``StripeWriter``, the stripe
+layer's executor) and reads of random sizes and offsets against an in-memory ``bytearray``
+model; at a random point one member (two for RAID6; one per pair for RAID10) disappears or
+starts failing, and every later read must still equal the model.
 """
 
 from __future__ import annotations
 
 import errno
 import random
-import threading
 
 import pytest
 import trio
 
 from fusenas.errors import DataLostError
+from fusenas.stripe.writer import StripeWriter
 from fusenas.units import ByteData
-from fusenas.volume.array import Array, Strategy, choose_strategy
+from fusenas.volume.array import Array, MemberFailedError
 from fusenas.volume.layout import Geometry, Level
 from fusenas.volume.superblock import DATA_OFFSET, MemberState
 from tests.devices import MemoryDevice
@@ -76,6 +77,7 @@ async def run_case(level: Level, members: int, seed: int) -> None:
     rng = random.Random(seed)
     chunk = rng.choice([4096, 8192, 16384])
     array, devices = make_array(level, members, chunk, stripes=rng.randint(2, 12))
+    writer = StripeWriter(array)
     size = array.size
     model = bytearray(size)
     lose = victims(level, members, rng)
@@ -91,7 +93,7 @@ async def run_case(level: Level, members: int, seed: int) -> None:
         length = rng.randint(1, min(size - offset, rng.choice([512, 4096, 3 * chunk, 8 * chunk])))
         if rng.random() < 0.6:
             data = rng.randbytes(length)
-            await array.write(offset, data)
+            await writer.write(offset, data)
             model[offset : offset + length] = data
         else:
             got = await array.read(offset, length)
@@ -111,10 +113,11 @@ async def test_parity_is_consistent_after_writes() -> None:
 
     for level, members in [(Level.RAID5, 4), (Level.RAID6, 5)]:
         array, devices = make_array(level, members, 4096, 8)
+        writer = StripeWriter(array)
         rng = random.Random(7)
         for _ in range(50):
             off = rng.randrange(array.size - 1)
-            await array.write(off, rng.randbytes(rng.randint(1, min(20000, array.size - off))))
+            await writer.write(off, rng.randbytes(rng.randint(1, min(20000, array.size - off))))
         g = array.geometry
         for s in range(g.stripes):
             row = [
@@ -138,7 +141,7 @@ async def test_parity_is_consistent_after_writes() -> None:
 
 async def test_too_many_failures_raise_data_lost() -> None:
     array, _ = make_array(Level.RAID5, 4)
-    await array.write(0, b"x" * 50000)
+    await StripeWriter(array).write(0, b"x" * 50000)
     array.fail_member(0, "test")
     assert array.usable
     array.fail_member(1, "test")
@@ -150,7 +153,7 @@ async def test_too_many_failures_raise_data_lost() -> None:
 async def test_eio_marks_member_faulty_and_read_succeeds() -> None:
     array, devices = make_array(Level.RAID5, 4)
     payload = random.Random(1).randbytes(40000)
-    await array.write(100, payload)
+    await StripeWriter(array).write(100, payload)
     failures: list[tuple[int, str]] = []
     array.failure_hooks.append(lambda m, why: failures.append((m, why)))
     devices[1].failing = True
@@ -168,91 +171,24 @@ async def test_hung_member_is_failed_at_deadline() -> None:
     geometry = Geometry.make(Level.RAID1, 2, 4096, 4096 * 4)
     good = MemoryDevice(DATA_OFFSET + geometry.member_data_size)
     array = Array(geometry, [Hanging(good.size), good], io_timeout=0.2)
-    await array.write(0, b"abc" * 1000)
+    await StripeWriter(array).write(0, b"abc" * 1000)
     with trio.fail_after(5):
         assert await array.read(0, 3000) == (b"abc" * 1000)
     assert array.states[0] == MemberState.FAULTY
 
 
-async def test_partial_parity_updates_are_journaled_before_issue() -> None:
-    array, devices = make_array(Level.RAID5, 4, 4096, 4)
-    journaled: list[int] = []
-
-    async def journal(writes: object) -> None:
-        # Nothing of this update may have reached the members yet.
-        journaled.append(sum(bytes(d.data) != b"\0" * d.size for d in devices))
-
-    await array.write(0, b"\1" * 3 * 4096, journal=journal)  # full stripe: no journal
-    assert journaled == []
-    await array.write(4096 * 3, b"\2" * 100, journal=journal)  # partial: journal first
-    assert len(journaled) == 1
-
-
-def test_strategy_counts_reads_like_md() -> None:
-    # 4 data + 1 parity, one block fully rewritten: RMW reads 2, RCW reads 3.
-    assert choose_strategy(4, 1, covered=1, touched=1, degraded=False) is Strategy.RMW
-    # 4 data, three blocks rewritten: RMW reads 4, RCW reads 1.
-    assert choose_strategy(4, 1, covered=3, touched=3, degraded=False) is Strategy.RCW
-    assert choose_strategy(4, 1, covered=4, touched=4, degraded=False) is Strategy.FULL
-    assert choose_strategy(4, 2, covered=4, touched=4, degraded=True) is Strategy.DEGRADED
-
-
-@pytest.mark.parametrize(
-    "level,members",
-    [(Level.RAID0, 4), (Level.RAID1, 3), (Level.RAID10, 4), (Level.RAID5, 4), (Level.RAID6, 5)],
-)
-async def test_full_stripe_runs_equal_stripe_by_stripe_writes(level: Level, members: int) -> None:
-    """``write_full_stripes`` leaves every member byte for byte as ``write`` of the same data
-    does, with one write per member for the whole run; a member down during the run misses
-    its write and the data still reads back (degraded) at every redundant level."""
-    rng = random.Random(members)
-    by_run, by_run_devs = make_array(level, members)
-    by_stripe, by_stripe_devs = make_array(level, members)
-    g = by_run.geometry
-    first, count = 3, 5
-    data = rng.randbytes(count * g.stripe_data_size)
-    await by_stripe.write(first * g.stripe_data_size, data)
-    before = [d.writes for d in by_run_devs]
-    await by_run.write_full_stripes(first, data)
-    assert [d.writes - b for d, b in zip(by_run_devs, before, strict=True)] == [1] * members
-    assert [d.data for d in by_run_devs] == [d.data for d in by_stripe_devs]
-    with pytest.raises(ValueError):
-        await by_run.write_full_stripes(first, data[:-1])
-    if level is Level.RAID0:
-        return
-    by_run.fail_member(1, "test")
-    data2 = rng.randbytes(2 * g.stripe_data_size)
-    await by_run.write_full_stripes(0, data2)
-    assert await by_run.read(0, len(data2)) == data2
-
-
-@pytest.mark.parametrize("level,members", [(Level.RAID1, 2), (Level.RAID5, 4), (Level.RAID6, 5)])
-async def test_large_full_stripe_runs_are_computed_off_the_event_loop(
-    level: Level, members: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run of at least OFFLOAD_BYTES is laid out (parity included) in a worker thread, a
-    smaller one on the event loop; both give the same member bytes as stripe-by-stripe
-    writes."""
-    from fusenas.volume import array as array_module
-
-    threads: list[int] = []
-    real = array_module.full_stripe_writes
-
-    def spy(*args: object) -> list[array_module.MemberWrite]:
-        threads.append(threading.get_ident())
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(array_module, "full_stripe_writes", spy)
-    chunk = 64 << 10
-    by_run, by_run_devs = make_array(level, members, chunk, 24)
-    by_stripe, by_stripe_devs = make_array(level, members, chunk, 24)
-    g = by_run.geometry
-    big = -(-array_module.OFFLOAD_BYTES // g.stripe_data_size)
-    rng = random.Random(members)
-    for first, count in [(2, big), (2 + big, 1)]:
-        data = rng.randbytes(count * g.stripe_data_size)
-        await by_stripe.write(first * g.stripe_data_size, data)
-        await by_run.write_full_stripes(first, data)
-    main = threading.get_ident()
-    assert threads[0] != main and threads[1] == main, threads
-    assert [d.data for d in by_run_devs] == [d.data for d in by_stripe_devs]
+async def test_read_members_is_all_or_nothing() -> None:
+    """The same member range from several members, at absolute member offsets; one failing
+    member fails the whole read (after the others ended) and is marked faulty."""
+    array, devices = make_array(Level.RAID5, 4)
+    await StripeWriter(array).write(0, random.Random(2).randbytes(array.size))
+    offset = DATA_OFFSET + 4096 + 100
+    got = await array.read_members([0, 2, 3], offset, 1000)
+    assert got == {m: bytes(devices[m].data[offset : offset + 1000]) for m in (0, 2, 3)}
+    devices[2].failing = True
+    with pytest.raises(MemberFailedError) as caught:
+        await array.read_members([0, 2, 3], offset, 1000)
+    assert caught.value.member == 2
+    assert array.states[2] == MemberState.FAULTY
+    with pytest.raises(MemberFailedError):  # a member already down is not read at all
+        await array.read_members([2], offset, 1000)

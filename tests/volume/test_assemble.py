@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from fusenas.engine import create_volume, open_volume
+from fusenas.engine.config import load_config
 from fusenas.errors import VolumeError
-from fusenas.filesystem import create_volume, open_volume
-from fusenas.voldir import load_config
 from fusenas.volume.assemble import assemble
 from fusenas.volume.layout import Level
 from fusenas.volume.superblock import ArrayState, MemberState

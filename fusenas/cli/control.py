@@ -50,9 +50,16 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from rich.console import Console
 
+from fusenas.cli.progress import byte_progress
+from fusenas.engine import Engine
+from fusenas.engine.config import SOCKET_NAME
+from fusenas.engine.rebuild import replace, resolve_member
+from fusenas.engine.scrub import scrub_volume
+from fusenas.engine.spares import add_spare, check_spare, load_spares
 from fusenas.errors import FusenasError
-from fusenas.voldir import SOCKET_NAME
+from fusenas.volume.member import FILES
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +111,16 @@ def bind(voldir: Path) -> trio.SocketListener:
 def unlink(voldir: Path) -> None:
     with contextlib.suppress(OSError):
         socket_path(voldir).unlink()
+
+
+@contextlib.contextmanager
+def listening(voldir: Path) -> Iterator[trio.SocketListener]:
+    """``bind`` for the duration of the block; the socket file is unlinked when it ends."""
+    listener = bind(voldir)
+    try:
+        yield listener
+    finally:
+        unlink(voldir)
 
 
 async def serve(
@@ -186,6 +203,15 @@ def dispatcher(
     return handle
 
 
+def daemon_handler(status: Callable[[], dict[str, Any]], jobs: Jobs | None) -> Handler:
+    """What the mounted daemon answers: ``status`` (the live report, ``status()``), ``ping``,
+    and with a read-write volume the commands of ``jobs``."""
+    return dispatcher(
+        {"status": status, "ping": lambda: {"pid": os.getpid()}},
+        jobs.commands(status) if jobs is not None else None,
+    )
+
+
 class ControlError(FusenasError):
     """The daemon could not be asked (no socket, refused, denied) or answered an error."""
 
@@ -229,7 +255,7 @@ async def request(
 
 #: Default rate limit of an online scrub, bytes per second of member reads.
 DEFAULT_SCRUB_RATE = 64 << 20
-#: ``INTEGRITY.progress`` key of each job kind.
+#: ``Engine.integrity.progress`` key of each job kind.
 PROGRESS_KEY = {"scrub": "scrub", "replace": "rebuild"}  # add-spare: none
 
 
@@ -240,7 +266,7 @@ class Jobs:
     daemon's nursery: a scrub or rebuild that stops must not unmount the volume.
     """
 
-    def __init__(self, vol: Any, nursery: trio.Nursery) -> None:
+    def __init__(self, vol: Engine, nursery: trio.Nursery) -> None:
         self.vol = vol
         self.nursery = nursery
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -256,18 +282,14 @@ class Jobs:
         }
 
     def spares(self) -> list[str]:
-        from fusenas.volume.rebuild import load_spares
-
         return [str(p) for p in load_spares(self.vol.voldir)]
 
     def report(self) -> dict[str, Any]:
-        from fusenas.metrics import INTEGRITY
-
         out: dict[str, Any] = {}
         for kind, job in self.jobs.items():
             job = dict(job)
             if job["state"] == "running" and kind in PROGRESS_KEY:
-                done, total = INTEGRITY.progress.get(PROGRESS_KEY[kind], (0, 0))
+                done, total = self.vol.integrity.progress.get(PROGRESS_KEY[kind], (0, 0))
                 job["progress"] = {"done": done, "total": total}
             out[kind] = job
         return out
@@ -308,8 +330,6 @@ class Jobs:
         workers = req.get("workers", 4)
         if not isinstance(workers, int) or not 1 <= workers <= 64:
             raise KeyError("workers must be 1..64")
-        from fusenas.volume.rebuild import resolve_member
-
         try:
             resolve_member(self.vol, old)
         except FusenasError as exc:
@@ -324,8 +344,6 @@ class Jobs:
         path = req.get("path")
         if not isinstance(path, str) or not path:
             raise KeyError("add-spare needs 'path'")
-        from fusenas.volume.rebuild import check_spare
-
         try:
             check_spare(self.vol, Path(path))
         except FusenasError as exc:
@@ -335,11 +353,9 @@ class Jobs:
         return {"id": job["id"], "kind": "add-spare"}
 
     async def _run(self, job: dict[str, Any], body: Any) -> None:
-        from fusenas.metrics import INTEGRITY
-
         key = PROGRESS_KEY.get(job["kind"])
         if key is not None:
-            INTEGRITY.progress[key] = (0, 0)
+            self.vol.integrity.progress[key] = (0, 0)
         try:
             await body
         except FusenasError as exc:
@@ -352,13 +368,11 @@ class Jobs:
             job["state"] = "done"
         finally:
             if key is not None:
-                done, total = INTEGRITY.progress.get(key, (0, 0))
+                done, total = self.vol.integrity.progress.pop(key, (0, 0))
                 job["progress"] = {"done": done, "total": total}
             job["finished"] = time.time()
 
     async def _scrub(self, job: dict[str, Any], rate: float | None) -> None:
-        from fusenas.scrub import scrub_volume
-
         log.info("online scrub started (rate %s)", rate)
         report = await scrub_volume(self.vol, rate=rate, online=True)
         job["summary"] = report.summary()
@@ -375,9 +389,6 @@ class Jobs:
         log.info("online scrub: %s", job["summary"])
 
     async def _replace(self, job: dict[str, Any], old: str, new: Path, workers: int) -> None:
-        from fusenas.volume.member import FILES
-        from fusenas.volume.rebuild import replace
-
         mgr = self.vol.spare_manager
         provider = mgr.provider if mgr is not None else FILES
         stats = await replace(self.vol, old, new, provider=provider, workers=workers)
@@ -394,8 +405,6 @@ class Jobs:
         }
 
     async def _add_spare(self, job: dict[str, Any], path: Path) -> None:
-        from fusenas.volume.rebuild import add_spare
-
         path = await add_spare(self.vol, path)
         job["summary"] = f"{path} is a spare of {self.vol.voldir}"
         job["result"] = {"path": str(path)}
@@ -407,10 +416,6 @@ async def run_job(
     """Client side: start job ``kind`` in the daemon of ``voldir``, show a progress bar fed
     by ``status`` (``integrity.progress``) until the job is no longer running, and return the
     final job. ``ControlError`` if the daemon refuses or cannot be reached."""
-    from rich.console import Console
-
-    from fusenas.progress import byte_progress
-
     started = await request(voldir, kind, **fields)
     console = Console(stderr=True)
     with byte_progress(console, quiet=quiet) as bar:

@@ -1,4 +1,4 @@
-"""Rebuild a member from the others, with a pool of work-stealing workers; replace; spares.
+"""Rebuild a member from the others, with a pool of work-stealing workers; replace.
 
 Design note
 ===========
@@ -25,15 +25,6 @@ Progress and resume
     Limitation: reconstruction trusts the surviving members; a block that rotted on a survivor
     is rebuilt wrong onto the new member (the block checksums still catch it on read).
 
-Spares
-    ``VOLUME-DIR/spares`` lists spare paths, one a line (``add_spare`` writes it). A spare holds
-    a superblock of this array with ``member_index = SPARE_INDEX``. When a member fails in a
-    read-write open volume, ``SpareManager`` attaches the first spare in its slot, records the
-    change (superblocks: ``REBUILDING``, recovery offset 0; ``fusenas.toml``: the new member
-    path; ``spares``: one fewer) and rebuilds online. ``add_spare`` serves both the offline
-    ``fusenas add-spare`` and the daemon's ``add-spare`` control command; online it wakes the
-    spare manager, which re-reads the list at every look.
-
 Cancellation: cancelling a rebuild leaves the member ``REBUILDING`` with the last recorded
 prefix; nothing else to undo.
 """
@@ -50,20 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from rich.console import Console
 
+from fusenas.engine.config import save_config
+from fusenas.engine.core import Engine
 from fusenas.errors import VolumeError
-from fusenas.filesystem import Volume
-from fusenas.metrics import INTEGRITY
-from fusenas.voldir import save_config
+from fusenas.volume.array import Array
 from fusenas.volume.device import BlockDevice, DeviceProvider
 from fusenas.volume.member import FILES
 from fusenas.volume.superblock import (
     RECOVERY_COMPLETE,
-    SPARE_INDEX,
     MemberState,
-    read_superblock,
-    write_superblock,
 )
 
 log = logging.getLogger(__name__)
@@ -71,7 +58,6 @@ log = logging.getLogger(__name__)
 DEFAULT_WORKERS = 4
 #: Progress between two recovery-offset checkpoints in the superblocks, member bytes.
 CHECKPOINT_BYTES = 64 << 20
-SPARES_NAME = "spares"
 
 Progress = Callable[[int, int], None]  # (stripes done, stripes total)
 
@@ -96,7 +82,7 @@ class RebuildStats:
 
 
 async def rebuild_member(
-    vol: Volume,
+    vol: Engine,
     member: int,
     *,
     workers: int = DEFAULT_WORKERS,
@@ -141,9 +127,7 @@ async def rebuild_member(
         return min(open_) if open_ else total
 
     async def mark(stripe: int) -> None:
-        async with vol._sb_lock:
-            members.template = members.template.with_(recovery_offset=stripe * g.chunk)
-            await members.commit_superblocks(members.template.state)
+        await vol.commit_superblocks(recovery_offset=stripe * g.chunk)
 
     def steal() -> _Range | None:
         nonlocal steals
@@ -173,7 +157,7 @@ async def rebuild_member(
                 r.busy = False
                 r.lo += 1
                 done += 1
-                INTEGRITY.progress["rebuild"] = (done * g.chunk, total * g.chunk)
+                vol.integrity.progress["rebuild"] = (done * g.chunk, total * g.chunk)
                 if progress is not None:
                     progress(done, total)
                 p = prefix()
@@ -189,10 +173,8 @@ async def rebuild_member(
     if not array.is_writable(member):
         raise VolumeError(f"member {member} failed during the rebuild")
     array.states[member] = MemberState.ACTIVE
-    async with vol._sb_lock:
-        members.template = members.template.with_(recovery_offset=RECOVERY_COMPLETE)
-        await members.commit_superblocks(members.template.state)
-    bitmap = array.write_intent
+    await vol.commit_superblocks(recovery_offset=RECOVERY_COMPLETE)
+    bitmap = vol.bitmap
     if bitmap is not None and array.is_active(member):
         bitmap.set_tracked(member, members.member_uuids[member])  # in sync from now on
         await bitmap.write()
@@ -210,19 +192,19 @@ async def rebuild_member(
 
 
 async def readd_member(
-    vol: Volume,
+    vol: Engine,
     member: int,
     quick: bool,
     *,
     workers: int = DEFAULT_WORKERS,
     progress: Progress | None = None,
 ) -> RebuildStats:
-    """Bring a returning member (faulty, its device present: ``Volume.returning``) back:
+    """Bring a returning member (faulty, its device present: ``Engine.returning``) back:
     ``quick`` resyncs only the stripes of the regions whose write-intent bit is set, else
     the whole member is rebuilt onto the same device (rules: ``fusenas.volume.bitmap``)."""
     members = vol.members
     array = members.array
-    bitmap = array.write_intent
+    bitmap = vol.bitmap
     if array.states[member] != MemberState.FAULTY or array.devices[member] is None:
         raise VolumeError(f"member {member} is not a returning member")
     if not _usable_without(array, member):
@@ -244,23 +226,21 @@ async def readd_member(
     array.states[member] = MemberState.REBUILDING
     if bitmap is not None:
         await bitmap.write()
-    async with vol._sb_lock:
-        members.template = members.template.with_(recovery_offset=0)
-        await members.commit_superblocks(members.template.state)
+    await vol.commit_superblocks(recovery_offset=0)
     log.warning("member %d is back: rebuilding it in full", member)
     return await rebuild_member(vol, member, workers=workers, progress=progress)
 
 
-def member_size(vol: Volume) -> int:
+def member_size(vol: Engine) -> int:
     g = vol.members.array.geometry
     return array_data_offset(vol) + g.member_data_size
 
 
-def array_data_offset(vol: Volume) -> int:
+def array_data_offset(vol: Engine) -> int:
     return vol.members.array.data_offset
 
 
-async def _open_new(provider: DeviceProvider, path: Path, size: int) -> BlockDevice:
+async def open_new_device(provider: DeviceProvider, path: Path, size: int) -> BlockDevice:
     if not path.exists() and provider is FILES:
         await provider.create(path, size)
     elif provider is not FILES:
@@ -273,7 +253,7 @@ async def _open_new(provider: DeviceProvider, path: Path, size: int) -> BlockDev
     return dev
 
 
-async def attach_replacement(vol: Volume, member: int, dev: BlockDevice, path: Path) -> None:
+async def attach_replacement(vol: Engine, member: int, dev: BlockDevice, path: Path) -> None:
     """Put ``dev`` in slot ``member`` as ``REBUILDING`` (recovery offset 0), record it in the
     superblocks and in ``fusenas.toml``; the device it replaces is closed."""
     members = vol.members
@@ -283,15 +263,13 @@ async def attach_replacement(vol: Volume, member: int, dev: BlockDevice, path: P
     members.devices[member] = dev
     members.paths[member] = path
     members.member_uuids[member] = uuid.uuid4()
-    if array.write_intent is not None:
-        array.write_intent.set_tracked(member, None)  # not in sync until its rebuild ends
-        await array.write_intent.write()
-    async with vol._sb_lock:
-        members.template = members.template.with_(recovery_offset=0)
-        await members.commit_superblocks(members.template.state)
+    if vol.bitmap is not None:
+        vol.bitmap.set_tracked(member, None)  # not in sync until its rebuild ends
+        await vol.bitmap.write()
+    await vol.commit_superblocks(recovery_offset=0)
     cfg = vol.config
     names = list(cfg.members)
-    names[member] = _relative(path, vol.voldir)
+    names[member] = relative_to(path, vol.voldir)
     vol.config = dataclasses.replace(cfg, members=tuple(names))
     await trio.to_thread.run_sync(save_config, vol.voldir, vol.config)
     if old is not None and old is not dev:
@@ -299,7 +277,7 @@ async def attach_replacement(vol: Volume, member: int, dev: BlockDevice, path: P
     log.warning("member %d replaced by %s; rebuilding", member, path)
 
 
-def resolve_member(vol: Volume, old: str) -> int:
+def resolve_member(vol: Engine, old: str) -> int:
     """A member index from ``OLD``: an index or a member path (as in ``fusenas.toml``)."""
     n = vol.members.array.geometry.members
     if old.isdigit() and int(old) < n:
@@ -312,7 +290,7 @@ def resolve_member(vol: Volume, old: str) -> int:
 
 
 async def replace(
-    vol: Volume,
+    vol: Engine,
     old: str,
     new: Path,
     *,
@@ -339,7 +317,7 @@ async def replace(
     if mgr is not None:
         mgr.busy.add(member)  # online: the spare manager keeps its hands off this slot
     try:
-        dev = await _open_new(provider, new, member_size(vol))
+        dev = await open_new_device(provider, new, member_size(vol))
         await attach_replacement(vol, member, dev, new)
         return await rebuild_member(vol, member, workers=workers, progress=progress)
     finally:
@@ -347,10 +325,7 @@ async def replace(
             mgr.busy.discard(member)
 
 
-def _usable_without(array: object, member: int) -> bool:
-    from fusenas.volume.array import Array
-
-    assert isinstance(array, Array)
+def _usable_without(array: Array, member: int) -> bool:
     saved = array.states[member]
     array.states[member] = MemberState.FAULTY
     try:
@@ -359,205 +334,8 @@ def _usable_without(array: object, member: int) -> bool:
         array.states[member] = saved
 
 
-def _relative(p: Path, base: Path) -> str:
+def relative_to(p: Path, base: Path) -> str:
     try:
         return str(p.relative_to(base))
     except ValueError:
         return str(p)
-
-
-# -- spares -------------------------------------------------------------------------------
-
-
-def spares_path(voldir: Path) -> Path:
-    return voldir / SPARES_NAME
-
-
-def load_spares(voldir: Path) -> list[Path]:
-    try:
-        text = spares_path(voldir).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return [voldir / line.strip() for line in text.splitlines() if line.strip()]
-
-
-def save_spares(voldir: Path, spares: list[Path]) -> None:
-    tmp = spares_path(voldir).with_suffix(".tmp")
-    tmp.write_text("".join(_relative(p, voldir) + "\n" for p in spares), encoding="utf-8")
-    tmp.replace(spares_path(voldir))
-
-
-def check_spare(vol: Volume, path: Path) -> Path:
-    """``path`` made absolute; ``VolumeError`` if it is already a member or a spare."""
-    path = path.absolute()
-    if path in load_spares(vol.voldir) or path in [
-        p.absolute() for p in vol.config.member_paths(vol.voldir)
-    ]:
-        raise VolumeError(f"{path} is already part of {vol.voldir}")
-    return path
-
-
-async def add_spare(vol: Volume, path: Path, *, provider: DeviceProvider | None = None) -> Path:
-    """``fusenas add-spare``, offline and online (the daemon's ``add-spare`` command): write
-    a spare superblock on ``path`` (created sparse if absent), list it in
-    ``VOLUME-DIR/spares`` and wake the running spare manager, if any, so a member that is
-    already down is replaced at once. ``provider``: default the spare manager's (online),
-    else plain files. Returns the absolute path."""
-    path = check_spare(vol, path)
-    mgr = vol.spare_manager
-    if provider is None:
-        provider = mgr.provider if mgr is not None else FILES
-    dev = await _open_new(provider, path, member_size(vol))
-    try:
-        sb = vol.members.template.with_(member_index=SPARE_INDEX, member_uuid=uuid.uuid4())
-        await write_superblock(dev, sb)
-    finally:
-        await dev.aclose()
-    check_spare(vol, path)  # again: no await from here on, so no one adds it meanwhile
-    save_spares(vol.voldir, [*load_spares(vol.voldir), path])
-    log.info("%s is a spare of %s", path, vol.voldir)
-    if mgr is not None:
-        mgr.wake()
-    return path
-
-
-def _drop_spare(voldir: Path, spare: Path) -> None:
-    """Take ``spare`` off the list, re-read now: a spare added meanwhile (online
-    ``add-spare``, during an await above) is kept."""
-    save_spares(voldir, [p for p in load_spares(voldir) if p != spare])
-
-
-class SpareManager:
-    """Online takeover: on a member failure, attach a spare and rebuild it (see module doc).
-
-    ``start(nursery)`` must be called once the volume runs; failures before that are picked
-    up at start. One rebuild at a time; further failures wait for it.
-    """
-
-    def __init__(self, vol: Volume, provider: DeviceProvider = FILES) -> None:
-        self.vol = vol
-        self.provider = provider
-        self.rebuilding: int | None = None
-        #: Members an online ``replace`` is working on: left alone here.
-        self.busy: set[int] = set()
-        self.progress: tuple[int, int] = (0, 0)
-        self._wake = trio.Event()
-        vol.failure_listeners.append(lambda member, reason: self._wake.set())
-
-    def wake(self) -> None:
-        """Look again now (a member failed, a spare was added)."""
-        self._wake.set()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await self._step()
-            await self._wake.wait()
-            self._wake = trio.Event()
-
-    async def _step(self) -> None:
-        vol = self.vol
-        array = vol.members.array
-        for i, state in enumerate(array.states):
-            if state == MemberState.REBUILDING and i not in self.busy:
-                await self._rebuild(i)
-        for i, quick in list(vol.returning.items()):
-            del vol.returning[i]
-            if not vol.readonly and array.states[i] == MemberState.FAULTY and i not in self.busy:
-                await self._rebuild(i, readd=quick)
-        while not vol.readonly:
-            failed = [i for i, s in enumerate(array.states) if s == MemberState.FAULTY]
-            failed += [i for i, s in enumerate(array.states) if s == MemberState.MISSING]
-            failed = [i for i in failed if i not in self.busy]
-            spares = load_spares(vol.voldir)
-            if not failed or not spares:
-                return
-            member, spare = failed[0], spares[0]
-            try:
-                dev = await self.provider.open(spare)
-                sb, _ = await read_superblock(dev)
-                if sb.array_uuid != vol.members.array_uuid or not sb.is_spare:
-                    await dev.aclose()
-                    raise VolumeError(f"{spare} is not a spare of this array")
-            except VolumeError as exc:
-                log.error("spare %s unusable: %s", spare, exc)
-                _drop_spare(vol.voldir, spare)
-                continue
-            _drop_spare(vol.voldir, spare)
-            log.warning("member %d failed: spare %s takes over", member, spare)
-            await attach_replacement(vol, member, dev, spare)
-            await self._rebuild(member)
-
-    async def _rebuild(self, member: int, *, readd: bool | None = None) -> None:
-        """Resume the rebuild of ``member``, or re-add it (``readd``: quick or full)."""
-        self.rebuilding = member
-
-        def progress(done: int, total: int) -> None:
-            self.progress = (done, total)
-
-        try:
-            if readd is None:
-                await rebuild_member(self.vol, member, progress=progress)
-            else:
-                await readd_member(self.vol, member, readd, progress=progress)
-        except VolumeError as exc:
-            log.error("rebuild of member %d stopped: %s", member, exc)
-        finally:
-            self.rebuilding = None
-
-
-async def run_offline(args: object) -> int:
-    """``fusenas replace`` / ``fusenas add-spare`` on an unmounted volume (see cli.py)."""
-    import os
-    import sys
-
-    from fusenas.filesystem import open_volume
-    from fusenas.voldir import lock_volume
-
-    voldir = Path(getattr(args, "voldir")).absolute()  # noqa: B009
-    command = getattr(args, "command")  # noqa: B009
-    fd = lock_volume(voldir)
-    console = Console(stderr=True)
-    try:
-        async with open_volume(voldir, checkpointer=False, spares=False) as vol:
-            for note in vol.notes:
-                print(f"fusenas {command}: {note}")
-            try:
-                return await _offline_body(vol, args, command, console)
-            except VolumeError as exc:  # inside the volume's nursery: report it here
-                print(f"fusenas {command}: {exc}", file=sys.stderr)
-                return 1
-    except VolumeError as exc:
-        print(f"fusenas {command}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        os.close(fd)
-
-
-async def _offline_body(vol: Volume, args: object, command: str, console: Console) -> int:
-    from fusenas.progress import byte_progress
-
-    voldir = vol.voldir
-    if command == "add-spare":
-        path = await add_spare(vol, Path(getattr(args, "path")))  # noqa: B009
-        print(f"fusenas add-spare: {path} is a spare of {voldir}")
-        return 0
-    chunk = vol.members.array.geometry.chunk
-    with byte_progress(console, quiet=getattr(args, "quiet")) as bar:  # noqa: B009
-        task = bar.add_task("rebuild", total=None)
-
-        def progress(done: int, total: int) -> None:  # stripes: one chunk per member each
-            bar.update(task, completed=done * chunk, total=total * chunk)
-
-        stats = await replace(
-            vol,
-            str(getattr(args, "old")),  # noqa: B009
-            Path(getattr(args, "new")),  # noqa: B009
-            workers=getattr(args, "workers"),  # noqa: B009
-            progress=progress,
-        )
-    print(
-        f"fusenas replace: rebuilt {stats.bytes} bytes per member in "
-        f"{stats.seconds:.1f} s ({stats.mb_per_s:.1f} MB/s, {stats.steals} steals)"
-    )
-    return 0

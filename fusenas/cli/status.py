@@ -3,7 +3,7 @@
 The report is a JSON-ready dict (schema in docs/status.md) rendered like ``/proc/mdstat``.
 A MOUNTPOINT argument is resolved to its volume directory through ``/proc/mounts`` (the
 mount's source is ``fusenas:VOLUME-DIR``). A mounted volume is asked through its control
-socket (``fusenas.control``) for the live report (``"source": "daemon"``: member states as the
+socket (``fusenas.cli.control``) for the live report (``"source": "daemon"``: member states as the
 daemon sees them, bytes per member, cache, journal, uptime). Otherwise, or if the daemon cannot
 be asked (not root, daemon hung), the report comes from the superblocks (``"source":
 "superblocks"``, with ``live_error`` saying why when the volume is mounted): every member is
@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fusenas.engine.config import is_volume_dir, load_config
 from fusenas.errors import VolumeError
-from fusenas.voldir import is_volume_dir, load_config
 from fusenas.volume.layout import format_size
 from fusenas.volume.member import FileDevice
 from fusenas.volume.superblock import (
@@ -60,7 +60,7 @@ async def collect_status(target: Path) -> dict[str, Any]:
     voldir, mountpoint = resolve_volume(target)
     live_error = None
     if mountpoint is not None:
-        from fusenas.control import ControlError, request
+        from fusenas.cli.control import ControlError, request
 
         try:
             return await request(voldir, "status")
@@ -142,7 +142,7 @@ async def superblock_status(voldir: Path, mountpoint: Path | None) -> dict[str, 
 
 
 def _spares(voldir: Path) -> list[Path]:
-    from fusenas.volume.rebuild import load_spares
+    from fusenas.engine.spares import load_spares
 
     return load_spares(voldir)
 

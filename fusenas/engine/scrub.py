@@ -1,8 +1,8 @@
-"""``fusenas scrub VOLUME-DIR``: read every stripe, verify checksums and parity, repair.
+"""Scrub: read every stripe of an open volume, verify checksums and parity, repair.
 
-Offline (the volume is locked like fsck), or online: ``fusenas scrub MOUNTPOINT`` asks the
-daemon through its control socket (``fusenas.control.Jobs``) to run ``scrub_volume`` in its
-nursery, rate-limited, while the files keep changing. Per stripe (row), in order:
+``fusenas scrub`` runs it offline (``fusenas.cli.offline``) or online in the daemon's nursery
+(``fusenas.cli.control.Jobs``), rate-limited, while the files keep changing. Per stripe (row),
+in order:
 
 1. **checksums** — every mapped, written block of the row is read from the member(s) holding
    it (every copy, for mirrors) and compared with the crc32c of its extent map; a mismatch is
@@ -13,28 +13,23 @@ nursery, rate-limited, while the files keep changing. Per stripe (row), in order
 
 Counts: bytes checked, checksum mismatches, parity/copy mismatches, repaired, unrecoverable.
 Rate limit: the scrub sleeps so its reads stay under ``rate`` bytes per second.
-Exit status: 0 when nothing is unrecoverable (mismatches that were repaired included), 1
-otherwise.
+Progress: ``Engine.integrity.progress["scrub"]`` (member-row bytes), and every checksum
+mismatch found is counted in ``Engine.integrity`` (repaired or not).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import crc32c
 import trio
 
-from fusenas.errors import FusenasError
-from fusenas.filesystem import Volume, open_volume
-from fusenas.metrics import INTEGRITY
+from fusenas.engine.core import Engine
 from fusenas.units import BLOCK_SIZE
-from fusenas.voldir import lock_volume
 from fusenas.volume import parity
-from fusenas.volume.array import MemberWrite
 from fusenas.volume.layout import Level
+from fusenas.volume.writes import MemberWrite
 
 
 @dataclass
@@ -60,7 +55,7 @@ class ScrubReport:
 class _Crcs:
     """The crc map, rebuilt when metadata changed since (online: files keep changing)."""
 
-    def __init__(self, vol: Volume) -> None:
+    def __init__(self, vol: Engine) -> None:
         self.vol = vol
         self.lsn = vol.wal.last_lsn
         self.map = _crc_map(vol)
@@ -71,7 +66,7 @@ class _Crcs:
             self.map = _crc_map(self.vol)
 
 
-def _crc_map(vol: Volume) -> dict[int, int]:
+def _crc_map(vol: Engine) -> dict[int, int]:
     """Volume block → crc32c of every mapped, written block."""
     out: dict[int, int] = {}
     for _ino, node in vol.meta.inodes.items():
@@ -94,7 +89,7 @@ def _bad(got: dict[int, bytes], k: int, want: int) -> bool:
 
 
 async def scrub_volume(
-    vol: Volume,
+    vol: Engine,
     *,
     rate: float | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -117,9 +112,9 @@ async def scrub_volume(
             copies = g.data_copies(s, i)
             base = s * g.stripe_data_size + i * g.chunk
             blocks = [
-                (k, (base + k - vol.data_start) // BLOCK_SIZE)
+                (k, (base + k - vol.blocks.data_start) // BLOCK_SIZE)
                 for k in range(0, g.chunk, BLOCK_SIZE)
-                if base + k >= vol.data_start
+                if base + k >= vol.blocks.data_start
             ]
             if not any(vb in table.map for _k, vb in blocks):
                 continue
@@ -155,6 +150,7 @@ async def scrub_volume(
                     if table.map.get(vb) != want:  # rewritten meanwhile: not a loss
                         report.checksum_mismatches -= 1
                         continue
+                vol.integrity.checksum_errors_found += 1
                 if result.data is None:
                     report.unrecoverable += 1
                     report.problems.append(f"volume block {vb}: no good copy left")
@@ -165,7 +161,7 @@ async def scrub_volume(
             await _check_row(vol, s, report)
         report.stripes += 1
         report.bytes_checked += g.chunk * g.members
-        INTEGRITY.progress["scrub"] = (report.bytes_checked, total)
+        vol.integrity.progress["scrub"] = (report.bytes_checked, total)
         if progress is not None:
             progress(report.bytes_checked, total)
         if rate:
@@ -176,7 +172,7 @@ async def scrub_volume(
     return report
 
 
-async def _check_row(vol: Volume, s: int, report: ScrubReport) -> None:
+async def _check_row(vol: Engine, s: int, report: ScrubReport) -> None:
     array = vol.members.array
     g = array.geometry
     member_off = s * g.chunk
@@ -204,39 +200,3 @@ async def _check_row(vol: Volume, s: int, report: ScrubReport) -> None:
         report.parity_mismatches += 1
         await array.issue(writes)
         report.repaired += len(writes)
-
-
-async def run_scrub(voldir: Path, *, rate: float | None = None, quiet: bool = False) -> int:
-    """The ``fusenas scrub`` command on an unmounted volume: progress bar, summary, status."""
-    from rich.console import Console
-
-    from fusenas.progress import byte_progress
-
-    fd = lock_volume(voldir)
-    console = Console(stderr=True)
-    try:
-        async with open_volume(voldir, checkpointer=False) as vol:
-            for note in vol.notes:
-                print(f"fusenas scrub: {note}")
-            with byte_progress(console, quiet=quiet) as bar:
-                task = bar.add_task("scrub", total=None)
-
-                def progress(done: int, total: int) -> None:
-                    bar.update(task, completed=done, total=total)
-
-                try:
-                    report = await scrub_volume(vol, rate=rate, progress=progress)
-                except FusenasError as exc:  # inside the volume's nursery: report it here
-                    print(f"fusenas scrub: {exc}", file=sys.stderr)
-                    return 1
-    except FusenasError as exc:
-        print(f"fusenas scrub: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        import os
-
-        os.close(fd)
-    for p in report.problems[:50]:
-        print(f"fusenas scrub: {p}")
-    print(f"fusenas scrub: {report.summary()}")
-    return 1 if report.unrecoverable else 0

@@ -45,16 +45,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from fusenas import logs
+from fusenas.engine.config import LOG_NAME, is_volume_dir, lock_volume
 from fusenas.errors import FusenasError
 from fusenas.stripe.cache import DEFAULT_MAX_AGE
-from fusenas.voldir import LOG_NAME, is_volume_dir, lock_volume
 from fusenas.volume.layout import Level, format_size, parse_size
 
-log = logging.getLogger("fusenas.mount")
+log = logging.getLogger("fusenas.cli.mount")
 
 #: Options of fstab/mount(8) that mean nothing to fusenas: accepted and ignored.
 IGNORED_OPTIONS = frozenset(
@@ -236,7 +237,7 @@ def parse_options(raw: Sequence[str], *, root: bool) -> MountOptions:
                     raise UsageError(f"bad readahead={value}: give KiB as a number, 0 or more")
                 opts.readahead_kb = int(value)
             elif key == "metrics" and eq:
-                from fusenas.metrics import parse_address
+                from fusenas.observability.metrics import parse_address
 
                 try:
                     opts.metrics = parse_address(value)
@@ -282,7 +283,7 @@ def _default_member_size(voldir: Path) -> tuple[int, int]:
 
 
 def _create_default(voldir: Path) -> None:
-    from fusenas.filesystem import create_volume
+    from fusenas.engine import create_volume
 
     member, journal = _default_member_size(voldir)
     trio.run(
@@ -321,6 +322,7 @@ def main(argv: Sequence[str]) -> int:
     voldir = Path(args.paths[0]).absolute() if explicit else default_volume_dir()
     lock_fd = -1
     try:
+        _check_pyfuse3()
         _check_mountpoint(mnt)
         if explicit:
             if not voldir.is_dir():
@@ -345,6 +347,15 @@ def main(argv: Sequence[str]) -> int:
         logs.setup(level, sys.stderr)
         return _run(voldir, mnt, opts, ready_fd=None)
     return _daemonize(voldir, mnt, opts, level, lock_fd)
+
+
+def _check_pyfuse3() -> None:
+    """Refuse, before anything is created, a pyfuse3 that is not the patched build."""
+    import pyfuse3
+
+    from fusenas.fs.pyfuse3_patch import check_pyfuse3
+
+    check_pyfuse3(pyfuse3)
 
 
 def _daemonize(voldir: Path, mnt: Path, opts: MountOptions, level: int, lock_fd: int) -> int:
@@ -430,10 +441,10 @@ def _run(voldir: Path, mnt: Path, opts: MountOptions, *, ready_fd: int | None) -
 async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, int | None]) -> int:
     import pyfuse3
 
-    from fusenas.control import Jobs
-    from fusenas.filesystem import open_volume
+    from fusenas.cli import control
+    from fusenas.engine import open_volume
     from fusenas.fs.operations import FusenasOperations
-    from fusenas.metrics import Monitor
+    from fusenas.observability import HealthLog, Monitor, serve_metrics, status_report
     from fusenas.volume.member import FILES
 
     log.info("opening volume %s", voldir)
@@ -452,7 +463,11 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
         _tune_gc()
         ops = FusenasOperations(vol)
         monitor.attach(vol, ops.op_stats)
-        with monitor.endpoints(opts.metrics) as control:
+
+        def status() -> dict[str, Any]:
+            return status_report(monitor.snapshot())
+
+        with control.listening(voldir) as listener, serve_metrics(monitor, opts.metrics):
             try:
                 pyfuse3.init(ops, str(mnt), opts.fuse_options(voldir))
             except RuntimeError as exc:
@@ -461,10 +476,10 @@ async def _serve(voldir: Path, mnt: Path, opts: MountOptions, state: dict[str, i
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_on_signals)
                     nursery.start_soon(_announce, mnt, state, opts.readahead_kb)
-                    jobs = None if opts.readonly else Jobs(vol, nursery)
-                    monitor.start(
-                        nursery, control, jobs.commands(monitor.status_report) if jobs else None
-                    )
+                    jobs = None if opts.readonly else control.Jobs(vol, nursery)
+                    handler = control.daemon_handler(status, jobs)
+                    nursery.start_soon(control.serve, listener, handler)
+                    nursery.start_soon(HealthLog(vol).watch)
                     await pyfuse3.main()
                     nursery.cancel_scope.cancel()
             finally:

@@ -15,35 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-import crc32c
-
+from fusenas.engine import open_volume
+from fusenas.engine.config import load_config, lock_volume
+from fusenas.engine.verify import verify_checksums
 from fusenas.errors import FusenasError
-from fusenas.filesystem import Volume, open_volume
 from fusenas.meta.fsck import check
-from fusenas.units import BLOCK_SIZE
-from fusenas.voldir import load_config, lock_volume
-
-
-async def verify_checksums(vol: Volume) -> list[str]:
-    """Read every mapped, written data block and compare its crc32c; one line per mismatch."""
-    problems: list[str] = []
-    for ino, node in sorted(vol.meta.inodes.items()):
-        if node.extents is None:
-            continue
-        for m in vol.meta.map(ino, 0, node.extents.end_block()):
-            if m.vol_block is None:
-                continue
-            data = await vol.cache.read(vol.block_offset(m.vol_block), m.count * BLOCK_SIZE)
-            for i, crc in enumerate(m.crcs):
-                if crc < 0:
-                    continue
-                block = data[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
-                if crc32c.crc32c(block) != crc:
-                    problems.append(
-                        f"inode {ino}: block {m.file_block + i} (volume block "
-                        f"{m.vol_block + i}) does not match its checksum"
-                    )
-    return problems
 
 
 async def run_fsck(voldir: Path, *, repair: bool = False) -> int:

@@ -1,6 +1,6 @@
 """The ``fusenas`` command: argument parsing and dispatch only.
 
-``fusenas [VOLUME-DIR] MOUNTPOINT [-o opt,...] [-f]`` mounts (``fusenas.mount``); the first
+``fusenas [VOLUME-DIR] MOUNTPOINT [-o opt,...] [-f]`` mounts (``fusenas.cli.mount``); the first
 argument being a subcommand name selects a subcommand instead. Every failure the user can cause
 ends in one line on stderr and a non-zero exit status.
 """
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help"):
-        from fusenas.mount import main as mount_main
+        from fusenas.cli.mount import main as mount_main
 
         result: int = mount_main(args_list)
         return result
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _mkfs(args: argparse.Namespace) -> int:
-    from fusenas.filesystem import create_volume
+    from fusenas.engine import create_volume
 
     notes = await create_volume(
         args.voldir.absolute(),
@@ -176,7 +176,7 @@ async def _mkfs(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    from fusenas.status import collect_status, render_status
+    from fusenas.cli.status import collect_status, render_status
 
     report = await collect_status(args.target.absolute())
     if args.json:
@@ -189,19 +189,20 @@ async def _status(args: argparse.Namespace) -> int:
 async def _online_or_offline(args: argparse.Namespace) -> int:
     """scrub, replace, add-spare: offline on an unmounted volume; online through the
     daemon's control socket."""
-    from fusenas.status import resolve_volume
+    from fusenas.cli.status import resolve_volume
 
     voldir, mountpoint = resolve_volume(args.voldir.absolute())
     if mountpoint is None:
-        args.voldir = voldir
+        from fusenas.cli import offline
+
         if args.command == "scrub":
-            from fusenas.scrub import run_scrub
-
-            return await run_scrub(voldir, rate=args.rate, quiet=args.quiet)
-        from fusenas.volume.rebuild import run_offline
-
-        return await run_offline(args)
-    from fusenas.control import DEFAULT_SCRUB_RATE, run_job
+            return await offline.scrub(voldir, rate=args.rate, quiet=args.quiet)
+        if args.command == "add-spare":
+            return await offline.add_spare_member(voldir, args.path)
+        return await offline.replace_member(
+            voldir, args.old, args.new, workers=args.workers, quiet=args.quiet
+        )
+    from fusenas.cli.control import DEFAULT_SCRUB_RATE, run_job
 
     if args.command == "scrub":
         job = await run_job(voldir, "scrub", quiet=args.quiet, rate=args.rate or DEFAULT_SCRUB_RATE)
@@ -226,10 +227,6 @@ async def _online_or_offline(args: argparse.Namespace) -> int:
 
 
 async def _fsck(args: argparse.Namespace) -> int:
-    from fusenas.fsck import run_fsck
+    from fusenas.cli.fsck import run_fsck
 
     return await run_fsck(args.voldir.absolute(), repair=args.repair)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

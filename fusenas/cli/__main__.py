@@ -1,0 +1,7 @@
+"""``python -m fusenas.cli``: the ``fusenas`` command."""
+
+import sys
+
+from fusenas.cli.main import main
+
+sys.exit(main())
