@@ -66,6 +66,26 @@ class PageSource(Protocol):
 
     async def read(self, ref: ChildRef) -> Page: ...
 
+    def read_nowait(self, ref: ChildRef) -> Page | None:
+        """The page if it is at hand (no I/O, no await), else None."""
+        ...
+
+
+class PageMiss(Exception):
+    """A synchronous read needs a page that is not at hand: await ``source.read(ref)``, then
+    run the read again from the start (docs/metadata_format.md, "Operations stay atomic")."""
+
+    def __init__(self, ref: ChildRef) -> None:
+        super().__init__(ref.page)
+        self.ref = ref
+
+
+def _page(src: PageSource, ref: ChildRef) -> Page:
+    page = src.read_nowait(ref)
+    if page is None:
+        raise PageMiss(ref)
+    return page
+
 
 @dataclass(frozen=True, slots=True)
 class Tree:
@@ -87,52 +107,69 @@ class MergeResult:
     unused: list[int] = field(default_factory=list)
 
 
-async def get(src: PageSource, tree: Tree, key: bytes) -> bytes | None:
-    """The value of ``key``, or None."""
+def get_nowait(src: PageSource, tree: Tree, key: bytes) -> bytes | None:
+    """The value of ``key``, or None. ``PageMiss`` if a page on its path is not at hand."""
     if tree.root is None:
         return None
-    page = await src.read(tree.root)
+    page = _page(src, tree.root)
     while not page.is_leaf:
-        page = await src.read(ChildRef.decode(page.values[page.child_index(key)]))
+        page = _page(src, ChildRef.decode(page.values[page.child_index(key)]))
     i = bisect_left(page.keys, key)
     if i < len(page.keys) and page.keys[i] == key:
         return page.values[i]
     return None
 
 
+def leaf_nowait(
+    src: PageSource, tree: Tree, start: bytes, end: bytes | None = None
+) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """The items with ``start <= key < end`` of the one leaf whose range holds ``start``,
+    and where the next leaf's range begins (None: nothing more below ``end``). ``PageMiss``
+    if a page on the path is not at hand. Scans call it leaf after leaf."""
+    if tree.root is None:
+        return [], None
+    upper: bytes | None = None  # where the leaf's key range ends
+    page = _page(src, tree.root)
+    while not page.is_leaf:
+        i = page.child_index(start)
+        if i + 1 < len(page.keys):
+            upper = page.keys[i + 1]
+        page = _page(src, ChildRef.decode(page.values[i]))
+    items: list[tuple[bytes, bytes]] = []
+    for i in range(bisect_left(page.keys, start), len(page.keys)):
+        k = page.keys[i]
+        if end is not None and k >= end:
+            return items, None
+        items.append((k, page.values[i]))
+    if upper is None or (end is not None and upper >= end):
+        return items, None
+    return items, upper
+
+
+async def get(src: PageSource, tree: Tree, key: bytes) -> bytes | None:
+    """``get_nowait``, loading the pages it misses."""
+    while True:
+        try:
+            return get_nowait(src, tree, key)
+        except PageMiss as miss:
+            await src.read(miss.ref)
+
+
 async def scan(
     src: PageSource, tree: Tree, start: bytes, end: bytes | None = None
 ) -> AsyncIterator[tuple[bytes, bytes]]:
-    """The items with ``start <= key < end`` (``end`` None: to the last), in key order.
-    Reads one leaf at a time; the tree must not be freed while the scan runs."""
-    if tree.root is None:
-        return
-    path: list[tuple[Page, int]] = []
-    page = await src.read(tree.root)
-    while not page.is_leaf:
-        i = page.child_index(start)
-        path.append((page, i))
-        page = await src.read(ChildRef.decode(page.values[i]))
-    i = bisect_left(page.keys, start)
-    while True:
-        while i < len(page.keys):
-            k = page.keys[i]
-            if end is not None and k >= end:
-                return
-            yield k, page.values[i]
-            i += 1
-        # Next leaf: climb to the first ancestor with a next child, then down its left edge.
-        while path and path[-1][1] + 1 >= len(path[-1][0].keys):
-            path.pop()
-        if not path:
-            return
-        parent, j = path.pop()
-        path.append((parent, j + 1))
-        page = await src.read(ChildRef.decode(parent.values[j + 1]))
-        while not page.is_leaf:
-            path.append((page, 0))
-            page = await src.read(ChildRef.decode(page.values[0]))
-        i = 0
+    """The items with ``start <= key < end`` (``end`` None: to the last), in key order, one
+    leaf at a time; the tree must not be freed while the scan runs."""
+    at: bytes | None = start
+    while at is not None:
+        try:
+            items, after = leaf_nowait(src, tree, at, end)
+        except PageMiss as miss:
+            await src.read(miss.ref)
+            continue
+        for kv in items:
+            yield kv
+        at = after
 
 
 class _Merge:
@@ -326,4 +363,16 @@ async def merge(
     return m.out
 
 
-__all__ = ["FILL", "Change", "MergeResult", "PageSource", "Tree", "get", "merge", "scan"]
+__all__ = [
+    "FILL",
+    "Change",
+    "MergeResult",
+    "PageMiss",
+    "PageSource",
+    "Tree",
+    "get",
+    "get_nowait",
+    "leaf_nowait",
+    "merge",
+    "scan",
+]

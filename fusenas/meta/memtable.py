@@ -12,12 +12,12 @@ bound), what ``-o meta_dirty`` limits.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import AsyncIterator, Iterator
-from typing import Protocol
 
 from sortedcontainers import SortedDict
 
-from fusenas.meta.btree import Change
+from fusenas.meta.btree import Change, PageMiss, PageSource, Tree, get_nowait, leaf_nowait
 
 #: Bytes counted per key beyond its key and value (the SortedDict's own cost, roughly).
 KEY_OVERHEAD = 100
@@ -72,52 +72,91 @@ _ABSENT = object()
 ABSENT = _ABSENT
 
 
-class TreeReader(Protocol):
-    """The bottom layer: the published tree (``fusenas.meta.btree`` over a page cache)."""
-
-    async def get(self, key: bytes) -> bytes | None: ...
-
-    def scan(self, start: bytes, end: bytes | None) -> AsyncIterator[tuple[bytes, bytes]]: ...
-
-
 class LayeredView:
-    """Reads through ``layers`` (newest first) down to ``tree``."""
+    """Reads through ``layers`` (memtables, newest first) down to ``tree``.
 
-    def __init__(self, layers: list[Memtable], tree: TreeReader) -> None:
+    The ``_nowait`` reads are synchronous and raise ``PageMiss`` when a tree page is not at
+    hand (the caller loads it and runs again); ``get`` and ``scan`` do that themselves."""
+
+    def __init__(self, layers: list[Memtable], src: PageSource, tree: Tree) -> None:
         self.layers = layers
+        self.src = src
         self.tree = tree
 
-    async def get(self, key: bytes) -> bytes | None:
+    def get_nowait(self, key: bytes) -> bytes | None:
         for layer in self.layers:
             v = layer.lookup(key)
             if v is not _ABSENT:
                 return v  # type: ignore[return-value]
-        return await self.tree.get(key)
+        return get_nowait(self.src, self.tree, key)
 
-    async def scan(self, start: bytes, end: bytes | None) -> AsyncIterator[tuple[bytes, bytes]]:
-        """Items with ``start <= key < end`` in key order, as the layers together say.
+    def _memtable_items(
+        self, start: bytes, end: bytes | None
+    ) -> Iterator[tuple[bytes, bytes | None]]:
+        """The memtables' items in ``[start, end)``, merged lazily, the newest layer's
+        version of a key only."""
+        streams = [
+            ((k, n, v) for k, v in layer.range(start, end)) for n, layer in enumerate(self.layers)
+        ]
+        last: bytes | None = None
+        for k, _n, v in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
+            if k != last:
+                last = k
+                yield k, v
 
-        The memtables are read as they are when each of their items is reached; a change
-        made during the scan may or may not be seen (as with readdir on any filesystem)."""
-        mem: dict[bytes, bytes | None] = {}
-        for layer in reversed(self.layers):  # newest last, so newest wins
-            mem.update(layer.range(start, end))
-        pending = sorted(mem)
-        i = 0
-        async for k, v in self.tree.scan(start, end):
-            while i < len(pending) and pending[i] < k:
-                mv = mem[pending[i]]
-                if mv is not None:
-                    yield pending[i], mv
-                i += 1
-            if i < len(pending) and pending[i] == k:
-                mv = mem[pending[i]]
-                i += 1
-                if mv is not None:
-                    yield k, mv
+    def items_nowait(
+        self, start: bytes, end: bytes | None, limit: int
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Up to ``limit`` items with ``start <= key < end``, in key order, and where to go on
+        (None: no more). ``PageMiss`` if a tree page on the way is not at hand."""
+        out: list[tuple[bytes, bytes]] = []
+        mem = self._memtable_items(start, end)
+        pending = next(mem, None)
+        at: bytes | None = start
+        while at is not None and len(out) < limit:
+            leaf, after = leaf_nowait(self.src, self.tree, at, end)
+            for k, v in leaf:
+                while pending is not None and pending[0] < k:
+                    if pending[1] is not None:
+                        out.append((pending[0], pending[1]))
+                    pending = next(mem, None)
+                if pending is not None and pending[0] == k:
+                    if pending[1] is not None:
+                        out.append((k, pending[1]))
+                    pending = next(mem, None)
+                else:
+                    out.append((k, v))
+            at = after
+        if len(out) > limit:
+            return out[:limit], out[limit][0]
+        if at is None:  # the tree is done below ``end``: the rest is the memtables'
+            while pending is not None and len(out) < limit:
+                if pending[1] is not None:
+                    out.append((pending[0], pending[1]))
+                pending = next(mem, None)
+            return out, None if pending is None else pending[0]
+        return out, at if pending is None else min(at, pending[0])
+
+    async def get(self, key: bytes) -> bytes | None:
+        while True:
+            try:
+                return self.get_nowait(key)
+            except PageMiss as miss:
+                await self.src.read(miss.ref)
+
+    async def scan(
+        self, start: bytes, end: bytes | None, *, batch: int = 256
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Items with ``start <= key < end`` in key order, as the layers together say, in
+        batches of ``batch`` (changes made between batches may or may not be seen, as with
+        readdir on any filesystem)."""
+        at: bytes | None = start
+        while at is not None:
+            try:
+                items, after = self.items_nowait(at, end, batch)
+            except PageMiss as miss:
+                await self.src.read(miss.ref)
                 continue
-            yield k, v
-        for k in pending[i:]:
-            mv = mem[k]
-            if mv is not None:
-                yield k, mv
+            for kv in items:
+                yield kv
+            at = after

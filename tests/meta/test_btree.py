@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusenas.meta.btree import Change, MergeResult, Tree, get, merge, scan
+from fusenas.meta.btree import Change, MergeResult, PageMiss, Tree, get, get_nowait, merge, scan
 from fusenas.meta.page import (
     PAGE_CAPACITY,
     PAGE_SIZE,
@@ -35,6 +35,8 @@ class MemoryPages:
     def __init__(self) -> None:
         self.pages: dict[int, bytes] = {}
         self.reads = 0
+        self.cold = False
+        self.at_hand: set[int] = set()
         self._next = itertools.count(1)
 
     def allocate(self) -> int:
@@ -42,6 +44,13 @@ class MemoryPages:
 
     async def read(self, ref: ChildRef) -> Page:
         self.reads += 1
+        self.at_hand.add(ref.page)
+        return decode_page(self.pages[ref.page], expect=ref)
+
+    def read_nowait(self, ref: ChildRef) -> Page | None:
+        """Pages are at hand once ``read`` loaded them (or always, with ``cold`` False)."""
+        if self.cold and ref.page not in self.at_hand:
+            return None
         return decode_page(self.pages[ref.page], expect=ref)
 
     async def apply(self, tree: Tree, changes: list[Change], generation: int) -> MergeResult:
@@ -218,3 +227,17 @@ async def test_pages_emptied_by_deletions_are_folded_together() -> None:
     await check(src, tree, old_items, result, model)
     need = -(-len(model) * (4 + 9 + 80) // PAGE_CAPACITY)
     assert len(await reachable(src, result.tree)) <= 2 * need + 2
+
+
+async def test_synchronous_reads_miss_until_the_page_is_loaded() -> None:
+    src = MemoryPages()
+    tree = (await src.apply(Tree(None), [(key(i), b"v" * 50) for i in range(5000)], 1)).tree
+    src.cold = True
+    with pytest.raises(PageMiss):
+        get_nowait(src, tree, key(77))
+    assert await get(src, tree, key(77)) == b"v" * 50  # loads the path, then hits
+    reads = src.reads
+    assert get_nowait(src, tree, key(77)) == b"v" * 50
+    assert src.reads == reads
+    got = [k async for k, _ in scan(src, tree, key(10), key(4000))]  # loads leaf by leaf
+    assert got == [key(i) for i in range(10, 4000)]

@@ -3,29 +3,12 @@ dict model, reads checked at every step, including in the middle of a merge."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusenas.meta.btree import PAUSE_PAGES, Tree, get, merge, scan
+from fusenas.meta.btree import PAUSE_PAGES, Tree, leaf_nowait, merge
 from fusenas.meta.memtable import ABSENT, KEY_OVERHEAD, LayeredView, Memtable
 from tests.meta.test_btree import MemoryPages, key
-
-
-class TreeAt:
-    """The tree a checkpoint published, as the bottom layer."""
-
-    def __init__(self, src: MemoryPages, tree: Tree) -> None:
-        self.src = src
-        self.tree = tree
-
-    async def get(self, k: bytes) -> bytes | None:
-        return await get(self.src, self.tree, k)
-
-    async def scan(self, start: bytes, end: bytes | None) -> AsyncIterator[tuple[bytes, bytes]]:
-        async for kv in scan(self.src, self.tree, start, end):
-            yield kv
 
 
 def test_size_counts_keys_values_and_tombstones() -> None:
@@ -47,29 +30,37 @@ Step = tuple[str, int, bytes]
     steps=st.lists(
         st.tuples(
             st.sampled_from(["put", "put", "delete", "checkpoint"]),
-            st.integers(0, 300),
-            st.binary(max_size=60),
+            st.integers(0, 40),
+            st.binary(max_size=900),
         ),
+        min_size=20,
         max_size=400,
     )
 )
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=80, deadline=None)
 async def test_the_checkpoint_cycle_matches_a_model(steps: list[Step]) -> None:
     src = MemoryPages()
-    tree = TreeAt(src, Tree(None))
+    tree = Tree(None)
     live = Memtable()
     model: dict[bytes, bytes] = {}
     generation = 0
 
     async def check(view: LayeredView) -> None:
-        got = [kv async for kv in view.scan(b"", None)]
+        got = [kv async for kv in view.scan(b"", None, batch=7)]
         assert got == sorted(model.items())
         lo, hi = key(50), key(150)
-        assert [kv async for kv in view.scan(lo, hi)] == sorted(
+        assert [kv async for kv in view.scan(lo, hi, batch=3)] == sorted(
             (k, v) for k, v in model.items() if lo <= k < hi
         )
         for i in (0, 7, 50, 299):
             assert await view.get(key(i)) == model.get(key(i))
+        # Page through in small batches, resuming where each batch said.
+        at: bytes | None = b""
+        paged: list[tuple[bytes, bytes]] = []
+        while at is not None:
+            batch, at = view.items_nowait(at, None, 2)
+            paged += batch
+        assert paged == sorted(model.items())
 
     for op, i, value in steps:
         if op == "put":
@@ -81,12 +72,12 @@ async def test_the_checkpoint_cycle_matches_a_model(steps: list[Step]) -> None:
         else:
             frozen, live = live, Memtable()
             # Reads during the merge see live, frozen and the old tree.
-            await check(LayeredView([live, frozen], tree))
+            await check(LayeredView([live, frozen], src, tree))
             generation += 1
-            result = await src.apply(tree.tree, frozen.changes(), generation)
-            await check(LayeredView([live, frozen], tree))  # old tree still intact
-            tree = TreeAt(src, result.tree)
-        await check(LayeredView([live], tree))
+            result = await src.apply(tree, frozen.changes(), generation)
+            await check(LayeredView([live, frozen], src, tree))  # old tree still intact
+            tree = result.tree
+        await check(LayeredView([live], src, tree))
 
 
 async def test_merge_pauses_after_every_leaf() -> None:
@@ -101,3 +92,20 @@ async def test_merge_pauses_after_every_leaf() -> None:
     result = await merge(src, Tree(None), changes, allocate=src.allocate, generation=1, pause=pause)
     leaves = sum(1 for _, raw in result.written if raw[4] == 0)
     assert leaves > 100 and pauses >= leaves // PAUSE_PAGES
+
+
+async def test_a_batch_that_ends_with_a_leaf_resumes_at_memtable_keys_before_the_next_leaf() -> (
+    None
+):
+    src = MemoryPages()
+    tree = (await src.apply(Tree(None), [(key(i), b"v" * 900) for i in range(0, 40, 2)], 1)).tree
+    assert tree.height > 0
+    first_leaf, after = leaf_nowait(src, tree, b"", None)
+    assert after is not None
+    live = Memtable()
+    gap = [k for k in (key(i) for i in range(40)) if first_leaf[-1][0] < k < after]
+    assert gap, "odd keys between the first leaf's last key and the next leaf"
+    live.put(gap[0], b"new")
+    view = LayeredView([live], src, tree)
+    batch, resume = view.items_nowait(b"", None, len(first_leaf))
+    assert batch == first_leaf and resume == gap[0]
