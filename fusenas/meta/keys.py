@@ -24,6 +24,7 @@ class Kind(IntEnum):
     EXTENT = 5
     SPACE = 6
     SYMLINK = 7
+    SPACESUM = 8
 
 
 def name_hash(name: bytes) -> int:
