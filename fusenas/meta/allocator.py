@@ -117,6 +117,19 @@ class RunSet:
             i += 1
         return got
 
+    def runs_within(self, start: int, n: int) -> list[VolRun]:
+        """The parts of the set's runs inside ``[start, start+n)``."""
+        end = start + n
+        out: list[VolRun] = []
+        i = max(bisect_right(self._starts, start) - 1, 0)
+        while i < len(self._starts) and self._starts[i] < end:
+            s = self._starts[i]
+            lo, hi = max(s, start), min(s + self._lens[s], end)
+            if lo < hi:
+                out.append((lo, hi - lo))
+            i += 1
+        return out
+
     def contains(self, start: int, n: int) -> bool:
         return self.overlap(start, n) == n
 
@@ -160,15 +173,7 @@ class RunSet:
 
     def remove_present(self, start: int, n: int) -> int:
         """Remove whatever part of ``[start, start+n)`` is in the set; return how much."""
-        end = start + n
-        pieces: list[VolRun] = []
-        i = max(bisect_right(self._starts, start) - 1, 0)
-        while i < len(self._starts) and self._starts[i] < end:
-            s = self._starts[i]
-            lo, hi = max(s, start), min(s + self._lens[s], end)
-            if lo < hi:
-                pieces.append((lo, hi - lo))
-            i += 1
+        pieces = self.runs_within(start, n)
         for lo, ln in pieces:
             self.remove(lo, ln)
         return sum(ln for _, ln in pieces)
@@ -237,6 +242,11 @@ class Allocator(RunSet):
             assert s >= 0 and s + n <= self.data_blocks, f"run ({s}, {n}) outside the data area"
             self.add(s, n)
             self._freed.union(s, n)  # a block may be freed twice in one generation
+
+    def release(self, runs: Iterable[VolRun]) -> None:
+        """Give back blocks ``allocate`` returned that were never mapped (their ``DATA``
+        records may be in the log: they enter the replay window like any freed block)."""
+        self.free(runs)
 
     # -- the replay window ------------------------------------------------------------------
 

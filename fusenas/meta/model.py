@@ -55,6 +55,9 @@ class Directory:
     def __contains__(self, name: bytes) -> bool:
         return name in self._entries
 
+    def is_empty(self) -> bool:
+        return not self._entries
+
     def get(self, name: bytes) -> int | None:
         """The inode number ``name`` names, or None."""
         e = self._entries.get(name)

@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fusenas.errors import NoSpaceError
+from fusenas.meta.allocator import RunSet
 from fusenas.meta.keys import Kind, space_key
 from fusenas.meta.memtable import LayeredView, Memtable
 
@@ -156,15 +157,24 @@ class SpaceMap:
     # -- allocation ---------------------------------------------------------------------------
 
     def allocate(
-        self, view: LayeredView, mem: Memtable, count: int, *, goal: int | None = None
+        self,
+        view: LayeredView,
+        count: int,
+        *,
+        goal: int | None = None,
+        busy: RunSet | None = None,
     ) -> list[VolRun]:
-        """Take ``count`` free blocks; return them as runs in the order to use them.
-        ``NoSpaceError`` (nothing changed) if fewer are free."""
+        """Choose ``count`` free blocks that are not ``busy`` (allocated, not yet marked
+        used); return them as runs in the order to use them. Nothing is stored: the caller
+        holds them busy until it marks them used (``mark_used``, when the mapping that names
+        them is applied), so a checkpoint never records blocks that a crash would leave
+        unmapped. ``NoSpaceError`` if fewer are free."""
         if count <= 0:
             return []
-        if count > self.free_blocks:
-            raise NoSpaceError(f"need {count} blocks, {self.free_blocks} free")
-        plan = _Plan(self, view)
+        free = self.free_blocks - (busy.total if busy is not None else 0)
+        if count > free:
+            raise NoSpaceError(f"need {count} blocks, {free} free")
+        plan = _Plan(self, view, busy)
         need = count
         if goal is not None and 0 <= goal < self.data_blocks:
             need -= plan.at_goal(goal, need)
@@ -177,8 +187,6 @@ class SpaceMap:
         while need:
             need -= plan.largest(need)
         self._cursor, self._cursor_end = plan.cursor
-        for g, bits in plan.changed.items():
-            self._store(mem, g, bits)
         return _merged(plan.out)
 
 
@@ -186,9 +194,10 @@ class _Plan:
     """One allocation's choices, on copies of the bitmaps it read (nothing is stored until
     it is complete, so a ``PageMiss`` midway changes nothing)."""
 
-    def __init__(self, space: SpaceMap, view: LayeredView) -> None:
+    def __init__(self, space: SpaceMap, view: LayeredView, busy: RunSet | None) -> None:
         self.space = space
         self.view = view
+        self.busy = busy
         self.changed: dict[int, Bits] = {}
         self.out: list[VolRun] = []
         self.cursor = (space._cursor, space._cursor_end)
@@ -197,12 +206,17 @@ class _Plan:
         b = self.changed.get(g)
         if b is None:
             b = self.changed[g] = self.space.bits(self.view, g)
+            if self.busy is not None:
+                lo = g * GROUP_BLOCKS
+                for s, n in self.busy.runs_within(lo, GROUP_BLOCKS):
+                    b[s - lo : s - lo + n] = 1
         return b
 
     def free_in(self, g: int) -> int:
         b = self.changed.get(g)
         if b is None:
-            return self.space.counts[g]
+            busy = self.busy.overlap(g * GROUP_BLOCKS, GROUP_BLOCKS) if self.busy else 0
+            return self.space.counts[g] - busy
         size = self.space._size(g)
         return size - int(b[:size].sum())
 

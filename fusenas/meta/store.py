@@ -38,6 +38,7 @@ import hashlib
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from fusenas.errors import FsError, NoSpaceError
 from fusenas.meta.allocator import Allocator, RunSet, VolRun
@@ -59,6 +60,7 @@ from fusenas.meta.ops import (
     Unlink,
     encode_op,
 )
+from fusenas.meta.paged import PagedInode, PagedInodes, PagedState, SpaceAllocator
 from fusenas.units import BLOCK_SIZE
 
 ROOT_INO = 1
@@ -170,6 +172,65 @@ class MetadataStore:
             next_ino=ROOT_INO + 1,
             inodes={ROOT_INO: root},
         )
+
+    @classmethod
+    def on_pages(
+        cls,
+        state: PagedState,
+        *,
+        space: SpaceAllocator,
+        stripe_blocks: int,
+        max_inodes: int,
+        journal: Journal,
+        next_ino: int,
+        inode_count: int,
+    ) -> MetadataStore:
+        """The store over the metadata tree (``fusenas.meta.paged``). While both backends
+        exist (the move to pages, docs/metadata_format.md), the paged table stands in for
+        the dict of inodes: it has the same face."""
+        store = cls(
+            data_blocks=space.data_blocks,
+            stripe_blocks=stripe_blocks,
+            max_inodes=max_inodes,
+            journal=journal,
+            next_ino=next_ino,
+            inodes=cast(dict[int, Inode], PagedInodes(state, inode_count)),
+            allocator=cast(Allocator, space),
+        )
+        space.busy = store.pending  # allocated, not yet mapped: not free, not stored
+        return store
+
+    @classmethod
+    def create_on_pages(
+        cls,
+        state: PagedState,
+        *,
+        space: SpaceAllocator,
+        stripe_blocks: int,
+        max_inodes: int,
+        journal: Journal,
+        now_ns: int,
+        root_uid: int = 0,
+        root_gid: int = 0,
+        root_mode: int = 0o755,
+    ) -> MetadataStore:
+        """A new, empty filesystem on pages (the root directory in the live memtable)."""
+        store = cls.on_pages(
+            state,
+            space=space,
+            stripe_blocks=stripe_blocks,
+            max_inodes=max_inodes,
+            journal=journal,
+            next_ino=ROOT_INO + 1,
+            inode_count=0,
+        )
+        table = cast(PagedInodes, store.inodes)
+        root = table.new(
+            ROOT_INO, stat.S_IFDIR | (root_mode & 0o7777), root_uid, root_gid, now_ns, 0, 2
+        )
+        root.parent = ROOT_INO
+        table.flush_changes()
+        return store
 
     def set_journal(self, fn: Journal) -> None:
         self._journal = fn
@@ -335,6 +396,35 @@ class MetadataStore:
         if node is not None and node.nlink == 0 and not self._open.get(ino):
             self._commit(Reclaim(ino))
 
+    # -- reading ahead on pages (docs/metadata_format.md, "How MetadataStore moves onto
+    # pages"): validation reads every page ``apply`` will read, so that ``apply`` never
+    # misses one after its op was journaled. Nothing to do while the state is in memory.
+
+    def _prefetch(
+        self, ino: int, first: int = 0, count: int | None = None, runs: Sequence[VolRun] = ()
+    ) -> None:
+        """The extent items of file blocks ``[first, first+count)`` of ``ino`` (``count``
+        None: to the end) and the free-space groups of their blocks and of ``runs``."""
+        if not isinstance(self.inodes, PagedInodes):
+            return
+        node = self.inodes.get(ino)
+        mapped: list[VolRun] = []
+        if node is not None and node.extents is not None:
+            end = node.extents.end_block() if count is None else first + count
+            mapped = [
+                (m.vol_block, m.count)
+                for m in node.extents.lookup(first, max(end - first, 0))
+                if m.vol_block is not None
+            ]
+        for s, n in (*mapped, *runs):
+            self.allocator.overlap(s, n)
+
+    def _prefetch_reclaim(self, ino: int) -> None:
+        """What reclaiming ``ino`` reads: its blocks and its xattrs."""
+        if isinstance(self.inodes, PagedInodes) and ino in self.inodes:
+            self._prefetch(ino)
+            self.inodes[ino].xattrs.keys_nowait()
+
     def unlink(self, parent: int, name: bytes, now_ns: int) -> None:
         _, d = self._dir(parent)
         if name in (b".", b".."):
@@ -344,6 +434,7 @@ class MetadataStore:
             raise _fail(errno.ENAMETOOLONG if len(name) > NAME_MAX else errno.ENOENT)
         if self.inodes[ino].is_dir:
             raise _fail(errno.EISDIR)
+        self._prefetch_reclaim(ino)
         self._commit(Unlink(parent, name, now_ns))
         self._maybe_reclaim(ino)
 
@@ -359,8 +450,9 @@ class MetadataStore:
         child = self.inodes[ino].dir
         if child is None:
             raise _fail(errno.ENOTDIR)
-        if len(child):
+        if not child.is_empty():
             raise _fail(errno.ENOTEMPTY)
+        self._prefetch_reclaim(ino)
         self._commit(Unlink(parent, name, now_ns))
         self._maybe_reclaim(ino)
 
@@ -423,7 +515,7 @@ class MetadataStore:
                     raise _fail(errno.ENOTDIR)
                 if not src.is_dir and dst.is_dir:
                     raise _fail(errno.EISDIR)
-                if dst.dir is not None and len(dst.dir):
+                if dst.dir is not None and not dst.dir.is_empty():
                     raise _fail(errno.ENOTEMPTY)
             if (
                 src.is_dir
@@ -432,6 +524,8 @@ class MetadataStore:
                 and np_node.nlink >= LINK_MAX
             ):
                 raise _fail(errno.EMLINK)
+        if dst is not None and not flags & RENAME_EXCHANGE:
+            self._prefetch_reclaim(dst.ino)
         self._commit(Rename(old_parent, old_name, new_parent, new_name, flags, now_ns))
         if dst is not None and not flags & RENAME_EXCHANGE:
             self._maybe_reclaim(dst.ino)
@@ -448,6 +542,7 @@ class MetadataStore:
         n = self._open.get(ino, 0)
         assert n > 0, f"release of inode {ino} that is not open"
         if n == 1:
+            self._prefetch_reclaim(ino)
             del self._open[ino]
             self._maybe_reclaim(ino)
         else:
@@ -462,6 +557,7 @@ class MetadataStore:
         many were reclaimed."""
         victims = [i for i in self.orphans() if not self._open.get(i)]
         for ino in victims:
+            self._prefetch_reclaim(ino)
             self._commit(Reclaim(ino))
         return len(victims)
 
@@ -495,6 +591,8 @@ class MetadataStore:
                 mtime_ns = now_ns
         if mode is not None:
             mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
+        if size is not None and size < node.size:
+            self._prefetch(ino, -(-size // BLOCK_SIZE))
         self._commit(SetAttr(ino, mode, uid, gid, size, atime_ns, mtime_ns, now_ns))
         return node
 
@@ -550,7 +648,7 @@ class MetadataStore:
         """Give back pending blocks that will not be mapped."""
         for s, n in runs:
             self.pending.remove(s, n)
-        self.allocator.free(runs)
+        self.allocator.release(runs)
 
     def map_blocks(
         self,
@@ -597,6 +695,7 @@ class MetadataStore:
             ok += displaced.overlap(s, n)
             if ok != n:
                 raise _fail(errno.EINVAL, f"run ({s}, {n}) belongs to someone else")
+        self._prefetch(ino, first_block, total, runs)
         self._commit(
             MapBlocks(
                 ino,
@@ -633,6 +732,7 @@ class MetadataStore:
         self._reg(ino)
         if first_block < 0 or count < 0:
             raise _fail(errno.EINVAL)
+        self._prefetch(ino, first_block, count)
         self._commit(Punch(ino, first_block, count, now_ns))
 
     # -- apply ---------------------------------------------------------------------------
@@ -641,26 +741,27 @@ class MetadataStore:
         """Apply one validated op (live, or replayed from the journal). Deterministic."""
         handler = _APPLY[type(op)]
         handler(self, op)
+        if isinstance(self.inodes, PagedInodes):
+            self.inodes.flush_changes()
 
     def _apply_create(self, op: CreateInode) -> None:
         pnode = self.inodes[op.parent]
         is_dir = stat.S_ISDIR(op.mode)
-        node = Inode(
-            op.ino,
-            op.mode,
-            op.uid,
-            op.gid,
-            now_ns=op.now_ns,
-            rdev=op.rdev,
-            nlink=2 if is_dir else 1,
-        )
+        nlink = 2 if is_dir else 1
+        node: Inode | PagedInode
+        if isinstance(self.inodes, PagedInodes):
+            node = self.inodes.new(op.ino, op.mode, op.uid, op.gid, op.now_ns, op.rdev, nlink)
+        else:
+            node = Inode(
+                op.ino, op.mode, op.uid, op.gid, now_ns=op.now_ns, rdev=op.rdev, nlink=nlink
+            )
+            self.inodes[op.ino] = node
         if is_dir:
             node.parent = op.parent
             pnode.nlink += 1
         if node.target is not None:
             node.target = op.target
             node.size = len(op.target)
-        self.inodes[op.ino] = node
         assert pnode.dir is not None
         pnode.dir.add(op.name, op.ino)
         pnode.mtime_ns = pnode.ctime_ns = op.now_ns
@@ -798,7 +899,7 @@ class MetadataStore:
                 None if n.dir is None else (n.dir.next_cookie, list(n.dir.items())),
                 None
                 if n.extents is None
-                else [(r.file_block, r.vol_block, r.count, r.crcs.tolist()) for r in n.extents],
+                else [(r.file_block, r.vol_block, r.count, list(r.crcs)) for r in n.extents],
             )
         return {
             "data_blocks": self.data_blocks,
