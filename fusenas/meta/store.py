@@ -419,6 +419,47 @@ class MetadataStore:
         for s, n in (*mapped, *runs):
             self.allocator.overlap(s, n)
 
+    def prefetch_op(self, op: Op) -> None:
+        """Replay: read every page ``apply(op)`` will read (the live path's validation did
+        it; a replayed op has none). Raises ``PageMiss`` and changes nothing; the caller
+        loads the page and calls again, then applies."""
+        if not isinstance(self.inodes, PagedInodes):
+            return
+        inodes = self.inodes
+        if isinstance(op, CreateInode | Link):
+            inodes.get(op.parent)
+            inodes.get(op.ino)
+            dnode = inodes.get(op.parent)
+            if dnode is not None and dnode.dir is not None:
+                dnode.dir.get(op.name)
+        elif isinstance(op, Unlink):
+            pnode = inodes.get(op.parent)
+            if pnode is not None and pnode.dir is not None:
+                child = pnode.dir.get(op.name)
+                if child is not None:
+                    inodes.get(child)
+        elif isinstance(op, Rename):
+            for parent, name in ((op.old_parent, op.old_name), (op.new_parent, op.new_name)):
+                pnode = inodes.get(parent)
+                if pnode is not None and pnode.dir is not None:
+                    child = pnode.dir.get(name)
+                    if child is not None:
+                        inodes.get(child)
+        elif isinstance(op, SetAttr):
+            node = inodes.get(op.ino)
+            if node is not None and op.size is not None and op.size < node.size:
+                self._prefetch(op.ino, -(-op.size // BLOCK_SIZE))
+        elif isinstance(op, SetXattr | RemoveXattr):
+            node = inodes.get(op.ino)
+            if node is not None:
+                node.xattrs.get(op.name)
+        elif isinstance(op, MapBlocks):
+            self._prefetch(op.ino, op.first_block, len(op.crcs), op.runs)
+        elif isinstance(op, Punch):
+            self._prefetch(op.ino, op.first_block, op.count)
+        elif isinstance(op, Reclaim):
+            self._prefetch_reclaim(op.ino)
+
     def _prefetch_reclaim(self, ino: int) -> None:
         """What reclaiming ``ino`` reads: its blocks and its xattrs."""
         if isinstance(self.inodes, PagedInodes) and ino in self.inodes:

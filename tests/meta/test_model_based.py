@@ -158,6 +158,9 @@ class InMemory:
     def checkpoint(self, store: MetadataStore) -> None:
         pass
 
+    def replay(self, store: MetadataStore, op) -> None:  # type: ignore[no-untyped-def]
+        store.apply(op)
+
 
 def _errno(backend, store, fn, *args, **kw) -> int | None:  # type: ignore[no-untyped-def]
     try:
@@ -194,8 +197,7 @@ def _compare(store: MetadataStore, ref: Ref) -> None:
 def _replay(backend, log: list[bytes]) -> MetadataStore:  # type: ignore[no-untyped-def]
     other = backend.new(lambda b: None)
     for payload in log:
-        op = decode_op(payload)
-        backend.call(other, other.apply, op)
+        backend.replay(other, decode_op(payload))
     return other
 
 
