@@ -196,8 +196,10 @@ def _compare(store: MetadataStore, ref: Ref) -> None:
 
 def _replay(backend, log: list[bytes]) -> MetadataStore:  # type: ignore[no-untyped-def]
     other = backend.new(lambda b: None)
-    for payload in log:
+    for i, payload in enumerate(log):
         backend.replay(other, decode_op(payload))
+        if i % 10 == 9:
+            backend.checkpoint(other)  # on pages: the next ops read what this one wrote
     return other
 
 
