@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fusenas.meta.btree import PageMiss
 from fusenas.meta.store import MetadataStore
 from fusenas.stripe.cache import StripeCache
 from fusenas.units import BLOCK_SIZE
@@ -163,6 +164,9 @@ def suspect_rows(meta: MetadataStore, data_start: int) -> Callable[[int], bool]:
         if stripe < first:
             return False
         lo = (stripe - first) * per
-        return meta.allocator.overlap(lo, per) + meta.pending.overlap(lo, per) > 0
+        try:
+            return meta.allocator.overlap(lo, per) + meta.pending.overlap(lo, per) > 0
+        except PageMiss:
+            return True  # the free map's page is not at hand: recomputing the row is safe
 
     return suspect

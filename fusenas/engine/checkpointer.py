@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import trio
 
+from fusenas.engine.metatree import MetadataTree
 from fusenas.errors import NoSpaceError
 from fusenas.meta.image import encode_image
 from fusenas.meta.store import MetadataStore
@@ -93,6 +94,8 @@ class Checkpointer:
         #: The array's write-intent bitmap (``Engine.attach_bitmap``): its in-sync regions
         #: are cleared at each checkpoint.
         self.bitmap: WriteIntentBitmap | None = None
+        #: Metadata on pages (``fusenas.engine.metatree``; None: the v1 image).
+        self.tree: MetadataTree | None = None
 
     async def checkpoint(self) -> None:
         """Write one checkpoint (module docstring). ``NoSpaceError`` if the image does not
@@ -102,14 +105,23 @@ class Checkpointer:
         started = time.perf_counter()
         meta, wal = self._meta, self._wal
         await self._cache.flush()
-        image = encode_image(meta)
+        tree = self.tree
+        if tree is None:
+            image = encode_image(meta)
+        else:
+            frozen = tree.freeze()  # on pages, the frozen memtable is the "image"
         start = wal.head_position()
         window = meta.allocator.start_checkpoint()  # the same instant as the image
         written = False
         try:
-            meta.image_estimate = len(image)
             await wal.commit()
             await self._cache.flush()
+            if tree is not None:
+                # The pages go out before the member flush below, the slot after it.
+                image = await tree.write(
+                    frozen, next_ino=meta.next_ino, inode_count=len(meta.inodes)
+                )
+            meta.image_estimate = len(image)
             bitmap = self.bitmap
             clearable = bitmap.clear_candidates() if bitmap is not None else set()
             await self._array.flush()
@@ -120,6 +132,8 @@ class Checkpointer:
                 await bitmap.clear(clearable)
             await self._regions.write(start, image)
             written = True
+            if tree is not None:
+                tree.published()
         finally:
             if written:
                 meta.allocator.checkpoint_written(window)

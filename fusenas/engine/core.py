@@ -26,14 +26,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from fusenas.engine.blocks import DataBlocks
 from fusenas.engine.checkpointer import Checkpointer
 from fusenas.engine.config import VolumeConfig
+from fusenas.engine.metatree import MetadataTree
 from fusenas.errors import DataLostError, FsError
+from fusenas.meta.btree import PageMiss
 from fusenas.meta.locks import LockShardTable
 from fusenas.meta.store import MetadataStore
 from fusenas.stripe.cache import StripeCache
@@ -47,6 +49,8 @@ from fusenas.wal.format import LogPosition
 from fusenas.wal.log import WriteAheadLog
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Room reserved in the log before a metadata operation, bytes (ops are far smaller).
 META_RESERVE = 1 << 16
@@ -107,6 +111,8 @@ class Engine:
     #: True if the write-intent bitmap allows a resync of its dirty regions only, False for
     #: a full rebuild. The spare manager re-adds them (``rebuild.readd_member``).
     returning: dict[int, bool] = field(default_factory=dict)
+    #: Metadata on pages (None: the v1 image in memory); ``run_meta`` loads its pages.
+    metadata_tree: MetadataTree | None = None
     _sb_pending: bool = False
     _fatal: set[int] = field(default_factory=set)
     _sb_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -247,6 +253,16 @@ class Engine:
         if self.failed_readonly is not None:
             raise FsError(errno.EROFS, f"volume is read-only: {self.failed_readonly}")
         await self.wal.reserve(META_RESERVE)
+
+    async def run_meta(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run a synchronous metadata call; on pages, load the page it missed and run it
+        again (docs/metadata_format.md, "Operations stay atomic"). In memory: one call."""
+        while True:
+            try:
+                return fn(*args, **kw)
+            except PageMiss as miss:
+                assert self.metadata_tree is not None
+                await self.metadata_tree.read_page(miss)
 
     async def sync(self) -> None:
         """Make everything done so far durable (fsync): one group commit of the WAL."""

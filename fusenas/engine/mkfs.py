@@ -12,13 +12,19 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fusenas.engine.config import VolumeConfig, save_config
+from fusenas.engine.metatree import MetadataTree
 from fusenas.errors import VolumeError
+from fusenas.meta.btree import Tree
 from fusenas.meta.image import encode_image
-from fusenas.meta.store import MetadataStore
+from fusenas.meta.pagecache import PageCache
+from fusenas.meta.paged import SpaceAllocator
+from fusenas.meta.root import RootDescriptor
+from fusenas.meta.space import SpaceMap
+from fusenas.meta.store import ROOT_INO, MetadataStore
 from fusenas.stripe.writer import StripeWriter
 from fusenas.units import BLOCK_SIZE
 from fusenas.volume.assemble import check_distinct, create_array
@@ -54,6 +60,7 @@ async def create_volume(
     name: str = "",
     checkpoint_region: int | None = None,
     provider: DeviceProvider = FILES,
+    paged: bool = False,
 ) -> list[str]:
     """mkfs: create ``voldir`` with its members, journal and an empty filesystem.
 
@@ -119,15 +126,22 @@ async def create_volume(
             finally:
                 await jdev.aclose()
             data_blocks = (g.logical_size - 2 * region) // BLOCK_SIZE
-            meta = MetadataStore.create(
-                data_blocks=data_blocks,
-                stripe_blocks=g.stripe_data_size // BLOCK_SIZE,
-                max_inodes=region // BYTES_PER_INODE,
-                journal=lambda payload: None,
-                now_ns=time.time_ns(),
-            )
-            regions = CheckpointRegions(StripeWriter(array), region, members.array_uuid)
-            await regions.write(start, encode_image(meta))
+            stripe_blocks = g.stripe_data_size // BLOCK_SIZE
+            writer = StripeWriter(array)
+            regions = CheckpointRegions(writer, region, members.array_uuid)
+            if paged:
+                image = await _empty_tree(writer, 2 * region, data_blocks, stripe_blocks)
+            else:
+                meta = MetadataStore.create(
+                    data_blocks=data_blocks,
+                    stripe_blocks=stripe_blocks,
+                    max_inodes=region // BYTES_PER_INODE,
+                    journal=lambda payload: None,
+                    now_ns=time.time_ns(),
+                )
+                image = encode_image(meta)
+            await array.flush()
+            await regions.write(start, image)
             cfg = VolumeConfig(
                 array_uuid=members.array_uuid,
                 level=g.level,
@@ -152,6 +166,43 @@ async def create_volume(
         if made_dir:
             shutil.rmtree(voldir, ignore_errors=True)
         raise
+
+
+async def _empty_tree(
+    writer: StripeWriter, data_start: int, data_blocks: int, stripe_blocks: int
+) -> bytes:
+    """The root descriptor of a new filesystem on pages (metadata that outgrows RAM,
+    docs/metadata_format.md): its first metadata chunk and the root directory's pages."""
+
+    class NoPages:  # an empty tree has no page to read
+        async def read(self, block: int, count: int) -> bytes:
+            raise AssertionError("a new volume has no metadata page to read")
+
+        def read_nowait(self, block: int, count: int) -> bytes | None:
+            return None
+
+        async def heal_block(self, block: int, check: Callable[[bytes], bool]) -> bytes | None:
+            return None
+
+    async def write_pages(block: int, data: bytes) -> None:
+        await writer.write(data_start + block * BLOCK_SIZE, data)
+
+    empty = RootDescriptor(0, Tree(None), data_blocks, stripe_blocks, ROOT_INO + 1, 0)
+    tree = MetadataTree(
+        empty,
+        PageCache(NoPages(), 1 << 20),
+        SpaceMap.empty(data_blocks, stripe_blocks),
+        write_pages,
+    )
+    store = MetadataStore.create_on_pages(
+        tree.state,
+        space=SpaceAllocator(tree.state, tree.space),
+        stripe_blocks=stripe_blocks,
+        max_inodes=2**63,
+        journal=lambda payload: None,
+        now_ns=time.time_ns(),
+    )
+    return await tree.write(tree.freeze(), next_ino=store.next_ino, inode_count=len(store.inodes))
 
 
 def _relative(p: Path, base: Path) -> str:

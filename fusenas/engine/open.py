@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import trio
@@ -29,13 +29,19 @@ import trio
 from fusenas.engine.blocks import DataBlocks, suspect_rows
 from fusenas.engine.config import load_config
 from fusenas.engine.core import Engine
+from fusenas.engine.metatree import DEFAULT_META_CACHE, MetadataTree
 from fusenas.engine.spares import SpareManager
 from fusenas.errors import VolumeError, sole_error
 from fusenas.meta.image import decode_image
 from fusenas.meta.locks import LockShardTable
 from fusenas.meta.ops import decode_op
+from fusenas.meta.paged import SpaceAllocator
+from fusenas.meta.root import RootDescriptor, is_root_descriptor
+from fusenas.meta.store import MetadataStore
 from fusenas.stripe.cache import DEFAULT_MAX_AGE, StripeCache, decode_data, decode_stripe
 from fusenas.stripe.writer import StripeWriter
+from fusenas.units import BLOCK_SIZE
+from fusenas.volume.array import Array
 from fusenas.volume.assemble import assemble
 from fusenas.volume.bitmap import DEFAULT_REGION, WriteIntentBitmap, read_bitmap, region_size_for
 from fusenas.volume.device import DeviceProvider
@@ -137,9 +143,42 @@ async def _replay(vol: Engine) -> int:
             offset, data = decode_data(rec.payload)
             await vol.cache.write(offset, data, journal=False)
         elif rec.type == RecordType.META:
-            vol.meta.apply(decode_op(rec.payload))
+            op = decode_op(rec.payload)
+            await vol.run_meta(vol.meta.prefetch_op, op)  # on pages: then apply cannot miss
+            vol.meta.apply(op)
         count += 1
     return count
+
+
+async def _open_tree(
+    raw: bytes, cache: StripeCache, array: Array, data_start: int, capacity: int
+) -> MetadataTree:
+    """The metadata tree of a root descriptor: pages read through the stripe cache (healed
+    from redundancy by the array), written through the cache's writer (whole stripes
+    without a record, partial ones with a ``STRIPE`` record first)."""
+    root = RootDescriptor.decode(raw)
+
+    def offset(block: int) -> int:
+        return data_start + block * BLOCK_SIZE
+
+    class Pages:
+        async def read(self, block: int, count: int) -> bytes:
+            return await cache.read(offset(block), count * BLOCK_SIZE)
+
+        def read_nowait(self, block: int, count: int) -> bytes | None:
+            return cache.read_nowait(offset(block), count * BLOCK_SIZE)
+
+        async def heal_block(self, block: int, check: Callable[[bytes], bool]) -> bytes | None:
+            return (await array.read_verified(offset(block), BLOCK_SIZE, check)).data
+
+    async def write_pages(block: int, data: bytes) -> None:
+        await cache.writer.write(offset(block), data)
+
+    async def new_chunk(block: int, count: int) -> None:
+        per = cache.array.geometry.stripe_data_size // BLOCK_SIZE
+        await cache.discard(offset(block) // (per * BLOCK_SIZE), count // per)
+
+    return await MetadataTree.load(root, Pages(), write_pages, capacity, new_chunk)
 
 
 @contextlib.asynccontextmanager
@@ -155,6 +194,7 @@ async def open_volume(
     inject: str | None = None,
     spares: bool | None = None,
     bitmap_region: int | None = None,
+    meta_cache: int = DEFAULT_META_CACHE,
 ) -> AsyncIterator[Engine]:
     """Open (recovering if needed), yield, and cleanly close the volume in ``voldir``.
 
@@ -197,22 +237,34 @@ async def open_volume(
             await jdev.aclose()
             raise
         stack.push_async_callback(wal.aclose)
-        meta = decode_image(ckpt.image, journal=lambda payload: None)
         # Ordinary records may fill half the log; the other half is kept for the STRIPE
         # records that flushing the cache appends during a checkpoint. The cache's dirty
         # data (plus parity) must therefore fit in that half.
         wal.headroom = wal.capacity // 2
-        # Metadata growth stops (ENOSPC) at 90% of a checkpoint region: a checkpoint must
-        # always fit, or the log could never be reclaimed again.
-        meta.image_limit = regions.max_image * 9 // 10
-        meta.image_estimate = len(ckpt.image)
         cache = StripeCache(
-            array,
-            wal,
-            suspect_parity=suspect_rows(meta, regions.data_start),
-            max_dirty=min(max_dirty, wal.capacity // 8),
-            max_age=flush_age,
+            array, wal, max_dirty=min(max_dirty, wal.capacity // 8), max_age=flush_age
         )
+        tree: MetadataTree | None = None
+        if is_root_descriptor(ckpt.image):
+            tree = await _open_tree(ckpt.image, cache, array, regions.data_start, meta_cache)
+            root = RootDescriptor.decode(ckpt.image)
+            meta = MetadataStore.on_pages(
+                tree.state,
+                space=SpaceAllocator(tree.state, tree.space),
+                stripe_blocks=root.stripe_blocks,
+                max_inodes=2**63,
+                journal=lambda payload: None,
+                next_ino=root.next_ino,
+                inode_count=root.inode_count,
+            )
+            tree.busy = meta.pending
+        else:
+            meta = decode_image(ckpt.image, journal=lambda payload: None)
+            # Metadata growth stops (ENOSPC) at 90% of a checkpoint region: a checkpoint
+            # must always fit, or the log could never be reclaimed again.
+            meta.image_limit = regions.max_image * 9 // 10
+            meta.image_estimate = len(ckpt.image)
+        cache.writer.suspect_parity = suspect_rows(meta, regions.data_start)
         blocks = DataBlocks(array, cache, wal, meta, regions.data_start)
         vol = Engine(
             voldir=voldir,
@@ -228,6 +280,8 @@ async def open_volume(
             notes=notes,
             previous_start=ckpt.log_start,
         )
+        vol.checkpointer.tree = tree
+        vol.metadata_tree = tree
         array.failure_hooks.append(vol._on_member_failure)
         wal.ordered_data = array
         if not readonly:
@@ -247,7 +301,7 @@ async def open_volume(
                 )
             yield vol
             return
-        meta.reclaim_orphans()
+        await vol.run_meta(meta.reclaim_orphans)
         # Start from two fresh checkpoints: the replayed records (and any record before them)
         # are then out of the window even if replay fell back to the older slot, and the
         # allocator knows that no replayable record names a free block (``replay_safe``).
@@ -273,6 +327,11 @@ async def open_volume(
             raise sole_error(group) from None
         with trio.CancelScope(shield=True):
             await vol.checkpoint()  # replay from it finds nothing: the log is empty
+            if tree is not None:
+                # Its page writes may have left STRIPE records after its log position (a
+                # partial row of pages is journaled): one more checkpoint, which writes no
+                # page, starts past them.
+                await vol.checkpoint()
             if vol.failed_readonly is None:
                 await vol.commit_superblocks(ArrayState.CLEAN, settle=True)
             else:

@@ -554,18 +554,7 @@ class SpaceAllocator:
 
     def ensure_used(self, runs: Iterable[VolRun]) -> None:
         """Mark used whatever part of ``runs`` is free (replay)."""
-        view = self.state.view
-        todo: list[VolRun] = []
-        for s, n in runs:
-            for b in range(s, s + n):
-                g = b // 8192
-                if not self.space.bits(view, g)[b - g * 8192]:
-                    if todo and todo[-1][0] + todo[-1][1] == b:
-                        todo[-1] = (todo[-1][0], todo[-1][1] + 1)
-                    else:
-                        todo.append((b, 1))
-        if todo:
-            self.mark_used(todo)
+        self.space.ensure_used(self.state.view, self.state.live, runs)
 
     # -- the replay window (``Allocator``'s rules) -------------------------------------------
 

@@ -118,7 +118,15 @@ class SpaceMap:
         first = g // SUMMARY_GROUPS * SUMMARY_GROUPS
         mem.put(summary_key(first), self.counts[first : first + SUMMARY_GROUPS].tobytes())
 
-    def _set(self, view: LayeredView, mem: Memtable, runs: Iterable[VolRun], used: bool) -> None:
+    def _set(
+        self,
+        view: LayeredView,
+        mem: Memtable,
+        runs: Iterable[VolRun],
+        used: bool,
+        *,
+        strict: bool = True,
+    ) -> None:
         by_group: dict[int, list[VolRun]] = {}
         for s, n in runs:
             if s < 0 or n < 0 or s + n > self.data_blocks:
@@ -131,14 +139,16 @@ class SpaceMap:
         loaded = {g: self.bits(view, g) for g in by_group}  # every read first
         for g, pieces in by_group.items():
             bits = loaded[g]
+            before = bits.copy()
             for off, k in pieces:
                 want = 0 if used else 1
-                assert not (bits[off : off + k] != want).any(), (
+                assert not strict or not (bits[off : off + k] != want).any(), (
                     f"blocks [{g * GROUP_BLOCKS + off}, +{k}) are not "
                     + ("free" if used else "used")
                 )
                 bits[off : off + k] = 1 if used else 0
-            self._store(mem, g, bits)
+            if strict or (bits != before).any():
+                self._store(mem, g, bits)
 
     def free(self, view: LayeredView, mem: Memtable, runs: Iterable[VolRun]) -> None:
         """Return ``runs`` to free space; every block must be in use."""
@@ -147,6 +157,11 @@ class SpaceMap:
     def mark_used(self, view: LayeredView, mem: Memtable, runs: Iterable[VolRun]) -> None:
         """Take ``runs`` out of free space; every block must be free."""
         self._set(view, mem, runs, used=True)
+
+    def ensure_used(self, view: LayeredView, mem: Memtable, runs: Iterable[VolRun]) -> None:
+        """Take whatever part of ``runs`` is free out of free space (replay, and the
+        metadata chunks at mount)."""
+        self._set(view, mem, runs, used=True, strict=False)
 
     def any_free(self, view: LayeredView, start: int, n: int) -> bool:
         """Whether a block of ``[start, start+n)`` (inside one group) is free."""

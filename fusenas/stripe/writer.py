@@ -65,7 +65,8 @@ class StripeWriter:
         journal: JournalHook | None = None,
     ) -> None:
         self.array = array
-        self._suspect_parity = suspect_parity
+        #: Public: the engine sets it once the metadata it asks is open.
+        self.suspect_parity = suspect_parity
         self._journal = journal
 
     # -- the LogicalVolume face -----------------------------------------------------------
@@ -109,8 +110,8 @@ class StripeWriter:
             while True:
                 suspect = (
                     g.parity_count > 0
-                    and self._suspect_parity is not None
-                    and self._suspect_parity(stripe)
+                    and self.suspect_parity is not None
+                    and self.suspect_parity(stripe)
                 )
                 active = [array.is_active(m) for m in range(g.members)]
                 plan = plan_stripe_write(g, array.data_offset, stripe, parts, active, suspect)
