@@ -86,6 +86,7 @@ class PagedInode:
             "gid",
             "nlink",
             "size",
+            "blocks",
             "atime_ns",
             "mtime_ns",
             "ctime_ns",
@@ -104,6 +105,7 @@ class PagedInode:
     gid: int
     nlink: int
     size: int
+    blocks: int
     rdev: int
     parent: int
     next_cookie: int
@@ -127,6 +129,7 @@ class PagedInode:
         d["gid"] = rec.gid
         d["nlink"] = rec.nlink
         d["size"] = rec.size
+        d["blocks"] = rec.blocks
         d["rdev"] = rec.rdev
         d["parent"] = rec.parent
         d["next_cookie"] = rec.next_cookie
@@ -136,7 +139,7 @@ class PagedInode:
         d["target"] = target
         fmt = stat.S_IFMT(rec.mode)
         d["dir"] = DirView(table, self) if fmt == stat.S_IFDIR else None
-        d["extents"] = ExtentView(table, ino) if fmt == stat.S_IFREG else None
+        d["extents"] = ExtentView(table, self) if fmt == stat.S_IFREG else None
         d["xattrs"] = XattrView(table, ino)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -149,6 +152,14 @@ class PagedInode:
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
 
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
     def record(self) -> InodeRecord:
         return InodeRecord(
             self.generation,
@@ -157,6 +168,7 @@ class PagedInode:
             self.gid,
             self.nlink,
             self.size,
+            self.blocks,
             self.rdev,
             self.parent,
             self.next_cookie,
@@ -236,7 +248,7 @@ class PagedInodes:
     ) -> PagedInode:
         """A new inode in the table (``CreateInode``): dirty until the op ends."""
         t = _ts(now_ns)
-        rec = InodeRecord(1, mode, uid, gid, nlink, 0, rdev, 0, FIRST_COOKIE, 0, t, t, t)
+        rec = InodeRecord(1, mode, uid, gid, nlink, 0, 0, rdev, 0, FIRST_COOKIE, 0, t, t, t)
         target = b"" if stat.S_ISLNK(mode) else None
         node = PagedInode(self, ino, rec, target)
         self._gone.discard(ino)
@@ -353,11 +365,20 @@ class _Run:
 
 
 class ExtentView:
-    """``ExtentMap``'s face over one file's ``EXTENT`` items."""
+    """``ExtentMap``'s face over one file's ``EXTENT`` items; keeps the inode's ``blocks``
+    count up to date as blocks are mapped and unmapped."""
 
-    def __init__(self, table: PagedInodes, ino: int) -> None:
+    def __init__(self, table: PagedInodes, node: PagedInode) -> None:
         self._table = table
-        self._ino = ino
+        self._node = node
+        self._ino = node.ino
+
+    def blocks(self) -> int:
+        return int(self._node.blocks)
+
+    def _unmapped(self, runs: list[VolRun]) -> list[VolRun]:
+        self._node.blocks -= sum(n for _, n in runs)
+        return runs
 
     def _view(self) -> LayeredView:
         return self._table.state.view
@@ -389,10 +410,12 @@ class ExtentView:
         return (m for m in self.lookup(0, self.end_block()) if m.vol_block is not None)
 
     def punch(self, first: int, count: int) -> list[VolRun]:
-        return extent_items.punch(self._view(), self._table.state.live, self._ino, first, count)
+        mem = self._table.state.live
+        return self._unmapped(extent_items.punch(self._view(), mem, self._ino, first, count))
 
     def truncate(self, keep_below: int) -> list[VolRun]:
-        return extent_items.truncate(self._view(), self._table.state.live, self._ino, keep_below)
+        mem = self._table.state.live
+        return self._unmapped(extent_items.truncate(self._view(), mem, self._ino, keep_below))
 
     def set(self, first: int, vol_runs: Sequence[VolRun], crcs: Sequence[int]) -> list[VolRun]:
         """As ``ExtentMap.set``; a run of ``UNWRITTEN`` crcs becomes unwritten items."""
@@ -414,6 +437,7 @@ class ExtentView:
                 k = j
             pos += n
             at += n
+        self._node.blocks += sum(n for _, n in vol_runs)
         return freed
 
 

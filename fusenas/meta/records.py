@@ -21,15 +21,16 @@ class RecordError(FusenasError):
     """An item value that does not decode."""
 
 
-#: generation, mode, uid, gid, nlink, size, rdev, parent, next_cookie, flags,
+#: generation, mode, uid, gid, nlink, size, blocks, rdev, parent, next_cookie, flags,
 #: atime (s, ns), mtime (s, ns), ctime (s, ns)
-_INODE = struct.Struct("<QIIIIQQQQIqIqIqI")
+_INODE = struct.Struct("<QIIIIQQQQQIqIqIqI")
 
 
 @dataclass(frozen=True, slots=True)
 class InodeRecord:
-    """An inode's attributes. ``parent``: the directory ".." names (directories only);
-    ``next_cookie``: the cookie the next entry of a directory gets."""
+    """An inode's attributes. ``blocks``: mapped 4 KiB blocks (``st_blocks / 8``, kept
+    here so that ``stat`` reads no extent); ``parent``: the directory ".." names
+    (directories only); ``next_cookie``: the cookie the next entry of a directory gets."""
 
     generation: int
     mode: int
@@ -37,6 +38,7 @@ class InodeRecord:
     gid: int
     nlink: int
     size: int
+    blocks: int
     rdev: int
     parent: int
     next_cookie: int
@@ -53,6 +55,7 @@ class InodeRecord:
             self.gid,
             self.nlink,
             self.size,
+            self.blocks,
             self.rdev,
             self.parent,
             self.next_cookie,
@@ -66,7 +69,9 @@ class InodeRecord:
     def decode(raw: bytes) -> InodeRecord:
         if len(raw) != _INODE.size:
             raise RecordError(f"inode record of {len(raw)} bytes")
-        gen, mode, uid, gid, nlink, size, rdev, parent, cookie, flags, *t = _INODE.unpack(raw)
+        gen, mode, uid, gid, nlink, size, blocks, rdev, parent, cookie, flags, *t = _INODE.unpack(
+            raw
+        )
         return InodeRecord(
             gen,
             mode,
@@ -74,6 +79,7 @@ class InodeRecord:
             gid,
             nlink,
             size,
+            blocks,
             rdev,
             parent,
             cookie,

@@ -191,6 +191,7 @@ def _compare(store: MetadataStore, ref: Ref) -> None:
                     if m.vol_block is not None:
                         got[m.file_block + i] = m.crcs[i]
             assert got == ref.data[ino]
+            assert node.blocks == len(ref.data[ino])  # st_blocks / 8
     assert store.allocator.free_blocks == DATA_BLOCKS - ref.used_blocks()
 
 

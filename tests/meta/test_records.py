@@ -32,6 +32,7 @@ ts = st.tuples(st.integers(-(2**63), 2**63 - 1), st.integers(0, 999_999_999))
         gid=u32,
         nlink=u32,
         size=u64,
+        blocks=u64,
         rdev=u64,
         parent=u64,
         next_cookie=u64,
@@ -64,7 +65,7 @@ def test_unwritten_extents_carry_no_checksums_whatever_their_length() -> None:
 
 
 def test_wrong_lengths_are_refused() -> None:
-    raw = InodeRecord(1, 0o100644, 0, 0, 1, 0, 0, 0, 0, 0, (0, 0), (0, 0), (0, 0)).encode()
+    raw = InodeRecord(1, 0o100644, 0, 0, 1, 0, 0, 0, 0, 0, 0, (0, 0), (0, 0), (0, 0)).encode()
     with pytest.raises(RecordError):
         InodeRecord.decode(raw[:-1])
     with pytest.raises(RecordError):
