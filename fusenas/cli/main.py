@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--journal-size", type=_size, default=parse_size("512M"), help="(512M)")
     mk.add_argument("--name", default="", help="array name shown by status")
     mk.add_argument("--force", action="store_true", help="overwrite members that hold data")
+    mk.add_argument(
+        "--metadata",
+        choices=("image", "tree"),
+        default="image",
+        help="where metadata lives: 'image' (in memory, checkpointed whole; the default) or "
+        "'tree' (on the volume in pages, docs/metadata_format.md; experimental)",
+    )
 
     st = sub.add_parser(
         "status", help="show the array like /proc/mdstat", description="Show a volume's state."
@@ -169,6 +176,7 @@ async def _mkfs(args: argparse.Namespace) -> int:
         journal_size=args.journal_size,
         force=args.force,
         name=args.name,
+        paged=args.metadata == "tree",
     )
     for n in notes:
         print(f"fusenas mkfs: {n}")

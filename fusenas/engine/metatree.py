@@ -102,16 +102,19 @@ class MetadataTree:
     async def _claim_chunks(self) -> None:
         """Mark the chunks of the root descriptor used in the free space where the tree does
         not yet (a chunk added by the last checkpoint reaches the tree at the next one)."""
-        for chunk in self.chunks.chunks:
+        for run in self.chunk_runs():
             while True:
                 try:
-                    self.space.ensure_used(
-                        self.state.view, self.state.live, [(chunk.first, CHUNK_BLOCKS)]
-                    )
+                    self.space.ensure_used(self.state.view, self.state.live, [run])
                 except PageMiss as miss:
                     await self.read_page(miss)
                     continue
                 break
+
+    def chunk_runs(self) -> list[tuple[int, int]]:
+        """The data-area blocks the metadata chunks hold (whole stripes each)."""
+        take = -(-CHUNK_BLOCKS // self.stripe_blocks) * self.stripe_blocks
+        return [(c.first, take) for c in self.chunks.chunks]
 
     async def read_page(self, miss: PageMiss) -> None:
         """Load the page a synchronous read missed."""

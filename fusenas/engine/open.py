@@ -258,6 +258,7 @@ async def open_volume(
                 inode_count=root.inode_count,
             )
             tree.busy = meta.pending
+            meta.reserved = tree.chunk_runs
         else:
             meta = decode_image(ckpt.image, journal=lambda payload: None)
             # Metadata growth stops (ENOSPC) at 90% of a checkpoint region: a checkpoint

@@ -65,7 +65,8 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import crc32c
 import trio
@@ -73,12 +74,15 @@ import trio
 from fusenas.engine.blocks import DataBlocks
 from fusenas.errors import FsError
 from fusenas.meta.allocator import VolRun
+from fusenas.meta.btree import PageMiss
 from fusenas.meta.extents import UNWRITTEN
 from fusenas.meta.locks import LockShardTable
 from fusenas.meta.store import MAX_FILE_SIZE, MetadataStore
 from fusenas.units import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Bytes of one write chunk: one ``map_blocks`` op and at most this much merged in memory.
 WRITE_CHUNK = 1 << 20
@@ -118,6 +122,8 @@ class Storage(Protocol):
 
     async def sync(self) -> None: ...
 
+    async def run_meta(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T: ...
+
 
 class FileStore:
     """File bytes on ``volume``. See the module docstring."""
@@ -143,7 +149,7 @@ class FileStore:
         if fast is not None:
             return fast
         async with self.vol.locks.shared(ino):
-            span = self._span(ino, offset, size)
+            span = await self.vol.run_meta(self._span, ino, offset, size)
             if span is None:
                 return b""
             first, count, skip, length = span
@@ -156,12 +162,16 @@ class FileStore:
         except trio.WouldBlock:
             return None
         try:
-            span = self._span(ino, offset, size)
-            if span is None:
-                return b""
-            first, count, skip, length = span
+            try:
+                span = self._span(ino, offset, size)
+                if span is None:
+                    return b""
+                first, count, skip, length = span
+                pieces = self._pieces(ino, first, count)
+            except PageMiss:
+                return None  # a metadata page to load: the async path
             out = bytearray(count * BLOCK_SIZE)
-            for fb, vb, crcs in self._pieces(ino, first, count):
+            for fb, vb, crcs in pieces:
                 raw = self.vol.blocks.read_nowait(vb, len(crcs))
                 if raw is None or _place(out, (fb - first) * BLOCK_SIZE, raw, crcs):
                     return None  # not cached, or a mismatch to heal: the async path
@@ -204,7 +214,7 @@ class FileStore:
     async def _read_blocks(self, ino: int, first: int, count: int) -> bytearray:
         """Whole file blocks ``[first, first+count)``, verified. Caller holds the inode lock."""
         out = bytearray(count * BLOCK_SIZE)
-        for fb, vb, crcs in self._pieces(ino, first, count):
+        for fb, vb, crcs in await self.vol.run_meta(self._pieces, ino, first, count):
             raw = await self.vol.blocks.read(vb, len(crcs))
             pos = (fb - first) * BLOCK_SIZE
             for i in _place(out, pos, raw, crcs):
@@ -253,7 +263,7 @@ class FileStore:
             raise FsError(errno.EFBIG)
         view = memoryview(data)
         async with self.vol.locks.exclusive(ino):
-            self.vol.meta.get(ino)
+            await self.vol.run_meta(self.vol.meta.get, ino)
             pos = 0
             while pos < len(view):
                 # Chunks end on block boundaries, so only the first and last chunk of a
@@ -270,7 +280,7 @@ class FileStore:
         """One chunk, CoW. The caller holds the inode's shard exclusive. ``extend=False``
         never changes the size (punch-hole edges)."""
         meta = self.vol.meta
-        node = meta.get(ino)
+        node = await self.vol.run_meta(meta.get, ino)
         end = offset + len(data)
         first = offset // BLOCK_SIZE
         last = (end - 1) // BLOCK_SIZE
@@ -306,7 +316,7 @@ class FileStore:
         ``then_size``: a truncate to apply right after the mapping, in the same uninterrupted
         step (no await between the ops)."""
         meta = self.vol.meta
-        runs: list[VolRun] = meta.plan_allocation(ino, first, len(crcs))
+        runs: list[VolRun] = await self.vol.run_meta(meta.plan_allocation, ino, first, len(crcs))
         try:
             pos = 0
             for vb, n in runs:
@@ -314,12 +324,12 @@ class FileStore:
                 pos += n * BLOCK_SIZE
             await self.vol.reserve_meta()
             now = time.time_ns()
-            meta.map_blocks(ino, first, runs, crcs, new_size, now)
+            await self.vol.run_meta(meta.map_blocks, ino, first, runs, crcs, new_size, now)
         except BaseException:
             meta.release_allocation(runs)
             raise
         if then_size is not None:
-            meta.setattr(ino, size=then_size, now_ns=now)
+            await self.vol.run_meta(meta.setattr, ino, size=then_size, now_ns=now)
 
     # -- size and allocation -------------------------------------------------------------
 
@@ -331,13 +341,15 @@ class FileStore:
             raise FsError(errno.EINVAL)
         meta = self.vol.meta
         async with self.vol.locks.exclusive(ino):
-            node = meta.get(ino)
+            node = await self.vol.run_meta(meta.get, ino)
             if node.extents is None:
-                meta.setattr(ino, size=size, now_ns=time.time_ns())  # EISDIR / EINVAL
+                await self.vol.run_meta(
+                    meta.setattr, ino, size=size, now_ns=time.time_ns()
+                )  # EISDIR / EINVAL
             cut = size % BLOCK_SIZE
             if size < node.size and cut:
                 block = size // BLOCK_SIZE
-                mapping = meta.map(ino, block, 1)[0]
+                mapping = (await self.vol.run_meta(meta.map, ino, block, 1))[0]
                 if mapping.vol_block is not None and mapping.crcs[0] != UNWRITTEN:
                     data = await self._read_blocks(ino, block, 1)
                     data[cut:] = bytes(BLOCK_SIZE - cut)
@@ -346,7 +358,7 @@ class FileStore:
                     )
                     return
             await self.vol.reserve_meta()
-            meta.setattr(ino, size=size, now_ns=time.time_ns())
+            await self.vol.run_meta(meta.setattr, ino, size=size, now_ns=time.time_ns())
 
     async def fallocate(self, ino: int, mode: int, offset: int, length: int) -> None:
         """fallocate(2): mode 0 and KEEP_SIZE allocate unwritten blocks for the holes of the
@@ -364,16 +376,20 @@ class FileStore:
             async with self.vol.locks.exclusive(ino):
                 await self.vol.reserve_meta()
                 new_size = None if mode & FALLOC_FL_KEEP_SIZE else end
-                meta.fallocate(ino, first, last - first + 1, new_size, time.time_ns())
+                await self.vol.run_meta(
+                    meta.fallocate, ino, first, last - first + 1, new_size, time.time_ns()
+                )
             return
         if mode == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
             async with self.vol.locks.exclusive(ino):
-                node = meta.get(ino)
+                node = await self.vol.run_meta(meta.get, ino)
                 whole_first = -(-offset // BLOCK_SIZE)
                 whole_end = end // BLOCK_SIZE
                 if whole_end > whole_first:
                     await self.vol.reserve_meta()
-                    meta.punch(ino, whole_first, whole_end - whole_first, time.time_ns())
+                    await self.vol.run_meta(
+                        meta.punch, ino, whole_first, whole_end - whole_first, time.time_ns()
+                    )
                 # Partial edges, inside EOF only (past EOF there is nothing to zero).
                 edges: list[tuple[int, int]] = []
                 first_block, last_block = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
@@ -386,7 +402,7 @@ class FileStore:
                     if hi <= lo:
                         continue
                     block = lo // BLOCK_SIZE
-                    m = meta.map(ino, block, 1)[0]
+                    m = (await self.vol.run_meta(meta.map, ino, block, 1))[0]
                     if m.vol_block is None or m.crcs[0] == UNWRITTEN:
                         continue  # already reads as zeros
                     await self._write_locked(ino, lo, bytes(hi - lo), extend=False)

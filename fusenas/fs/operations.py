@@ -71,6 +71,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import os
 import stat
@@ -189,6 +190,10 @@ def _check_name(name: bytes) -> None:
         raise FsError(errno.ENAMETOOLONG)
 
 
+#: Directory entries read per metadata call of a readdir (between two, others may run).
+READDIR_BATCH = 256
+
+
 class FusenasOperations(pyfuse3.Operations):
     """The FUSE request handlers over one open ``Volume``. See the module docstring."""
 
@@ -203,6 +208,13 @@ class FusenasOperations(pyfuse3.Operations):
         super().__init__()
         self.vol = volume
         self.meta = volume.meta
+        #: Every metadata call goes through here: on pages it loads the page a call missed
+        #: and runs the call again (``Engine.run_meta``); in memory it is one call.
+        self._meta = volume.run_meta
+        if volume.metadata_tree is not None:
+            # getxattr_sync answers from memory in pyfuse3's callback, where nothing may
+            # wait: on pages an xattr may need a page read, so getxattr takes the async way.
+            self.getxattr_sync = None  # type: ignore[assignment]
         self.files = FileStore(volume)
         #: inode → kernel lookup count (root excluded).
         self._lookups: dict[int, int] = {}
@@ -233,15 +245,28 @@ class FusenasOperations(pyfuse3.Operations):
         a.st_ctime_ns = node.ctime_ns
         return a
 
-    def _ref(self, node: Inode) -> pyfuse3.EntryAttributes:
+    async def _ref(self, node: Inode) -> pyfuse3.EntryAttributes:
         """Count one kernel reference to ``node`` and return its attributes."""
         ino = node.ino
         if ino != ROOT_INO:
+            # Counted before the open, which may wait for a page: a request meanwhile sees
+            # the reference and does not open the inode a second time.
             n = self._lookups.get(ino, 0)
-            if n == 0:
-                self.meta.open(ino)
             self._lookups[ino] = n + 1
+            if n == 0:
+                try:
+                    await self._meta(self.meta.open, ino)
+                except BaseException:
+                    self._drop_lookup(ino)
+                    raise
         return self._attr(node)
+
+    def _drop_lookup(self, ino: int) -> None:
+        n = self._lookups.get(ino, 0)
+        if n <= 1:
+            self._lookups.pop(ino, None)
+        else:
+            self._lookups[ino] = n - 1
 
     @staticmethod
     def _mode(mode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -258,12 +283,16 @@ class FusenasOperations(pyfuse3.Operations):
             # the kernel has evicted the inode it sends LOOKUP(nodeid, ".") whatever the
             # inode's type, so "." must resolve for files and symlinks too, not only
             # directories. An inode that no longer exists answers ENOENT (the kernel: ESTALE).
-            return self._ref(self.meta.get(parent_inode))
+            return await self._ref(await self._meta(self.meta.get, parent_inode))
         try:
-            return self._ref(self.meta.lookup(parent_inode, name))
+            return await self._ref(await self._meta(self.meta.lookup, parent_inode, name))
         except FsError as e:
             # ENOENT for a gone parent (or its "..") stays an error: ESTALE for the kernel.
-            if e.errno != errno.ENOENT or name == b".." or not self.meta.exists(parent_inode):
+            if (
+                e.errno != errno.ENOENT
+                or name == b".."
+                or not await self._meta(self.meta.exists, parent_inode)
+            ):
                 raise
         negative = pyfuse3.EntryAttributes()  # st_ino 0: cached as absent
         negative.entry_timeout = ENTRY_TIMEOUT
@@ -282,11 +311,11 @@ class FusenasOperations(pyfuse3.Operations):
                 continue
             del self._lookups[ino]
             with contextlib.suppress(FsError):
-                self.meta.release(ino)
+                await self._meta(self.meta.release, ino)
 
     @_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._attr(self.meta.get(inode))
+        return self._attr(await self._meta(self.meta.get, inode))
 
     @_boundary
     async def setattr(
@@ -305,7 +334,7 @@ class FusenasOperations(pyfuse3.Operations):
         elif fields.update_uid or fields.update_gid or (fields.update_size and ctx.uid != 0):
             # libfuse enables FUSE_CAP_HANDLE_KILLPRIV: chown, and truncate by a non-root
             # caller, clear set-user-ID (and set-group-ID of group-executable files) here.
-            killed = _killpriv(self.meta.get(inode).mode)
+            killed = _killpriv((await self._meta(self.meta.get, inode)).mode)
             if killed is not None:
                 changes["mode"] = killed
         if fields.update_uid:
@@ -318,12 +347,12 @@ class FusenasOperations(pyfuse3.Operations):
             changes["mtime_ns"] = attr.st_mtime_ns
         if changes or not fields.update_size:
             await self.vol.reserve_meta()
-            self.meta.setattr(inode, now_ns=time.time_ns(), **changes)
-        return self._attr(self.meta.get(inode))
+            await self._meta(self.meta.setattr, inode, now_ns=time.time_ns(), **changes)
+        return self._attr(await self._meta(self.meta.get, inode))
 
     @_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self.meta.get(inode)
+        node = await self._meta(self.meta.get, inode)
         if node.target is None:
             raise FsError(errno.EINVAL)
         return node.target
@@ -332,7 +361,7 @@ class FusenasOperations(pyfuse3.Operations):
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         """Only called without ``default_permissions``: the classic owner/group/other check
         (root may read and write anything and execute what has any x bit)."""
-        node = self.meta.get(inode)
+        node = await self._meta(self.meta.get, inode)
         if mode == os.F_OK:
             return True
         if ctx.uid == 0:
@@ -354,10 +383,17 @@ class FusenasOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         _check_name(name)
         await self.vol.reserve_meta()
-        node = self.meta.mknod(
-            parent_inode, name, self._mode(mode, ctx), rdev, ctx.uid, ctx.gid, time.time_ns()
+        node = await self._meta(
+            self.meta.mknod,
+            parent_inode,
+            name,
+            self._mode(mode, ctx),
+            rdev,
+            ctx.uid,
+            ctx.gid,
+            time.time_ns(),
         )
-        return self._ref(node)
+        return await self._ref(node)
 
     @_boundary
     async def mkdir(
@@ -365,10 +401,16 @@ class FusenasOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         _check_name(name)
         await self.vol.reserve_meta()
-        node = self.meta.mkdir(
-            parent_inode, name, self._mode(mode, ctx), ctx.uid, ctx.gid, time.time_ns()
+        node = await self._meta(
+            self.meta.mkdir,
+            parent_inode,
+            name,
+            self._mode(mode, ctx),
+            ctx.uid,
+            ctx.gid,
+            time.time_ns(),
         )
-        return self._ref(node)
+        return await self._ref(node)
 
     @_boundary
     async def symlink(
@@ -376,8 +418,10 @@ class FusenasOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         _check_name(name)
         await self.vol.reserve_meta()
-        node = self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid, time.time_ns())
-        return self._ref(node)
+        node = await self._meta(
+            self.meta.symlink, parent_inode, name, target, ctx.uid, ctx.gid, time.time_ns()
+        )
+        return await self._ref(node)
 
     @_boundary
     async def link(
@@ -385,18 +429,18 @@ class FusenasOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         _check_name(new_name)
         await self.vol.reserve_meta()
-        node = self.meta.link(inode, new_parent_inode, new_name, time.time_ns())
-        return self._ref(node)
+        node = await self._meta(self.meta.link, inode, new_parent_inode, new_name, time.time_ns())
+        return await self._ref(node)
 
     @_boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.vol.reserve_meta()
-        self.meta.unlink(parent_inode, name, time.time_ns())
+        await self._meta(self.meta.unlink, parent_inode, name, time.time_ns())
 
     @_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.vol.reserve_meta()
-        self.meta.rmdir(parent_inode, name, time.time_ns())
+        await self._meta(self.meta.rmdir, parent_inode, name, time.time_ns())
 
     @_boundary
     async def rename(
@@ -409,14 +453,20 @@ class FusenasOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         await self.vol.reserve_meta()
-        self.meta.rename(
-            parent_inode_old, name_old, parent_inode_new, name_new, flags, time.time_ns()
+        await self._meta(
+            self.meta.rename,
+            parent_inode_old,
+            name_old,
+            parent_inode_new,
+            name_new,
+            flags,
+            time.time_ns(),
         )
 
     # -- files ---------------------------------------------------------------------------
 
-    def _new_handle(self, ino: int) -> int:
-        self.meta.open(ino)
+    async def _new_handle(self, ino: int) -> int:
+        await self._meta(self.meta.open, ino)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = ino
@@ -430,7 +480,7 @@ class FusenasOperations(pyfuse3.Operations):
 
     @_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self.meta.get(inode)
+        node = await self._meta(self.meta.get, inode)
         if node.is_dir:
             raise FsError(errno.EISDIR)
         if node.extents is None:
@@ -438,7 +488,7 @@ class FusenasOperations(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             # libfuse enables FUSE_CAP_ATOMIC_O_TRUNC: the truncate comes with the open.
             await self.files.truncate(inode, 0)
-        return pyfuse3.FileInfo(fh=self._new_handle(inode), keep_cache=True)
+        return pyfuse3.FileInfo(fh=await self._new_handle(inode), keep_cache=True)
 
     @_boundary
     async def create(
@@ -451,7 +501,8 @@ class FusenasOperations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         _check_name(name)
         await self.vol.reserve_meta()
-        node = self.meta.mknod(
+        node = await self._meta(
+            self.meta.mknod,
             parent_inode,
             name,
             stat.S_IFREG | (mode & 0o7777 & ~ctx.umask),
@@ -460,8 +511,8 @@ class FusenasOperations(pyfuse3.Operations):
             ctx.gid,
             time.time_ns(),
         )
-        attr = self._ref(node)
-        return pyfuse3.FileInfo(fh=self._new_handle(node.ino), keep_cache=True), attr
+        attr = await self._ref(node)
+        return pyfuse3.FileInfo(fh=await self._new_handle(node.ino), keep_cache=True), attr
 
     @_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -470,10 +521,10 @@ class FusenasOperations(pyfuse3.Operations):
     @_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         ino = self._ino(fh)
-        killed = _killpriv(self.meta.get(ino).mode)
+        killed = _killpriv((await self._meta(self.meta.get, ino)).mode)
         if killed is not None:  # FUSE_CAP_HANDLE_KILLPRIV: a write drops set-ID bits
             await self.vol.reserve_meta()
-            self.meta.setattr(ino, mode=killed, now_ns=time.time_ns())
+            await self._meta(self.meta.setattr, ino, mode=killed, now_ns=time.time_ns())
         return await self.files.write(ino, off, buf)
 
     @_boundary
@@ -496,7 +547,7 @@ class FusenasOperations(pyfuse3.Operations):
         if ino is None:
             return
         await self.vol.reserve_meta()
-        self.meta.release(ino)
+        await self._meta(self.meta.release, ino)
 
     @_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -507,28 +558,38 @@ class FusenasOperations(pyfuse3.Operations):
 
     @_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self.meta.get(inode)
+        node = await self._meta(self.meta.get, inode)
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
         return inode
 
     @_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Offsets: 1 = ".", 2 = "..", then the store's stable per-entry cookies (>= 3).
-        No await inside: the listing is consistent with one instant of the directory."""
-        node = self.meta.get(fh)
+        """Offsets: 1 = ".", 2 = "..", then the store's stable per-entry cookies (>= 3),
+        read in batches: an entry present during the whole listing is returned once."""
+        node = await self._meta(self.meta.get, fh)
         if node.dir is None:
             raise FsError(errno.ENOTDIR)
         if start_id < 1 and not pyfuse3.readdir_reply(token, b".", self._attr(node), 1):
             return
         if start_id < 2:
-            parent = self.meta.get(node.parent) if node.parent else node
+            parent = await self._meta(self.meta.get, node.parent) if node.parent else node
             if not pyfuse3.readdir_reply(token, b"..", self._attr(parent), 2):
                 return
-        for name, child, cookie in self.meta.readdir(fh, max(start_id, 2)):
-            if not pyfuse3.readdir_reply(token, name, self._attr(child), cookie):
+        cookie = max(start_id, 2)
+        while True:
+            batch = await self._meta(self._readdir_batch, fh, cookie)
+            if not batch:
                 return
-            self._ref(child)  # readdirplus: the kernel counts a lookup per entry given
+            for name, child, cookie in batch:
+                if not pyfuse3.readdir_reply(token, name, self._attr(child), cookie):
+                    return
+                await self._ref(child)  # readdirplus: the kernel counts a lookup per entry
+
+    def _readdir_batch(self, ino: int, cookie: int) -> list[tuple[bytes, Inode, int]]:
+        """Up to ``READDIR_BATCH`` entries after ``cookie`` (a synchronous metadata call:
+        ``_meta`` runs it again if it misses a page)."""
+        return list(itertools.islice(self.meta.readdir(ino, cookie), READDIR_BATCH))
 
     @_boundary
     async def releasedir(self, fh: int) -> None:
@@ -540,7 +601,9 @@ class FusenasOperations(pyfuse3.Operations):
 
     @_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        s = self.meta.statfs()
+        s = await self._meta(
+            self.meta.statfs,
+        )
         out = pyfuse3.StatvfsData()
         out.f_bsize = s.block_size
         out.f_frsize = s.block_size
@@ -562,7 +625,7 @@ class FusenasOperations(pyfuse3.Operations):
         """pyfuse3 implements XATTR_CREATE/XATTR_REPLACE itself (through getxattr) and does
         not pass the flags on."""
         await self.vol.reserve_meta()
-        self.meta.setxattr(inode, name, value, 0, time.time_ns())
+        await self._meta(self.meta.setxattr, inode, name, value, 0, time.time_ns())
 
     @_sync_boundary
     def getxattr_sync(self, inode: int, name: bytes) -> bytes:
@@ -577,15 +640,15 @@ class FusenasOperations(pyfuse3.Operations):
         call this (getxattr requests go to ``getxattr_sync``), so it is not counted as a
         request; tests/mount/test_xattr_sync.py relies on that."""
         try:
-            return self.meta.getxattr(inode, name)
+            return await self._meta(self.meta.getxattr, inode, name)
         except Exception as e:
             raise _fuse_error("getxattr", e) from None
 
     @_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return self.meta.listxattr(inode)
+        return await self._meta(self.meta.listxattr, inode)
 
     @_boundary
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.vol.reserve_meta()
-        self.meta.removexattr(inode, name, time.time_ns())
+        await self._meta(self.meta.removexattr, inode, name, time.time_ns())

@@ -78,6 +78,20 @@ def lookup(view: LayeredView, ino: int, first: int, count: int) -> list[Mapping]
     return out
 
 
+def check(view: LayeredView, ino: int) -> list[str]:
+    """The invariants of an inode's extent items (fsck), one sentence per violation."""
+    problems: list[str] = []
+    prev_end = 0
+    for start, item in _items(view, ino, 0):
+        if start < prev_end:
+            problems.append(f"items overlap at file block {start}")
+        limit = MAX_UNWRITTEN_BLOCKS if item.flags & UNWRITTEN else MAX_WRITTEN_BLOCKS
+        if not 0 < item.count <= limit:
+            problems.append(f"item at file block {start} covers {item.count} blocks")
+        prev_end = start + item.count
+    return problems
+
+
 def end_block(view: LayeredView, ino: int) -> int:
     """One past the last mapped file block; 0 if none."""
     last = None

@@ -75,6 +75,10 @@ class Mapping:
     vol_block: int | None
     crcs: tuple[int, ...]
 
+    @property
+    def file_end(self) -> int:
+        return self.file_block + self.count
+
 
 class ExtentMap:
     """The block map of one regular file. See the module docstring for the invariants."""

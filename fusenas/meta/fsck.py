@@ -169,7 +169,7 @@ def check(store: MetadataStore) -> list[str]:
             end_prev, owner_prev = s + n, ino
 
     # allocator
-    used = _merge([(s, n) for s, n, _ in owned] + store.pending.runs())
+    used = _merge([(s, n) for s, n, _ in owned] + store.pending.runs() + store.reserved())
     free = store.allocator.runs()
     for s, n in free:
         if s < 0 or s + n > store.data_blocks:

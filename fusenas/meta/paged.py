@@ -393,6 +393,9 @@ class ExtentView:
     def end_block(self) -> int:
         return extent_items.end_block(self._view(), self._ino)
 
+    def check_invariants(self) -> list[str]:
+        return extent_items.check(self._view(), self._ino)
+
     def last_run(self) -> _Run | None:
         end = self.end_block()
         if end == 0:

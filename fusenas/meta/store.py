@@ -72,6 +72,8 @@ XATTR_SIZE_MAX = 65536
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 MAX_FILE_SIZE = 1 << 44
+#: Metadata bytes per inode assumed by ``statfs`` on pages (``df -i``).
+BYTES_PER_INODE_GUESS = 512
 
 Journal = Callable[[bytes], object]
 
@@ -135,6 +137,8 @@ class MetadataStore:
         self._journal = journal
         self._open: dict[int, int] = {}
         self.pending = RunSet()
+        #: Blocks in use that no file maps (metadata chunks on pages): fsck counts them.
+        self.reserved: Callable[[], list[VolRun]] = list
         #: Upper bound of the image size in bytes (set by whoever writes checkpoints), and a
         #: running over-estimate of it: the last image's size plus every growing op since.
         self.image_limit: int | None = None
@@ -312,6 +316,18 @@ class MetadataStore:
         return ext.lookup(first_block, count)
 
     def statfs(self) -> StatFs:
+        if isinstance(self.inodes, PagedInodes):
+            # No inode table on pages: inodes come from free space, so the free count is
+            # what the free space would hold at ~512 bytes of metadata per inode (XFS and
+            # btrfs answer df -i the same way).
+            free_files = self.allocator.free_blocks * (BLOCK_SIZE // BYTES_PER_INODE_GUESS)
+            return StatFs(
+                block_size=BLOCK_SIZE,
+                blocks=self.data_blocks,
+                free_blocks=self.allocator.free_blocks,
+                files=len(self.inodes) + free_files,
+                free_files=free_files,
+            )
         return StatFs(
             block_size=BLOCK_SIZE,
             blocks=self.data_blocks,

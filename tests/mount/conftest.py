@@ -36,7 +36,9 @@ def run_fusenas(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[
     )
 
 
-def mkfs(voldir: Path, level: str = "raid5", members: int = 4) -> Path:
+def mkfs(voldir: Path, level: str = "raid5", members: int = 4, metadata: str | None = None) -> Path:
+    """``fusenas mkfs``; ``metadata``: "image" or "tree" (default: $FUSENAS_TEST_METADATA, or
+    "image"), where the volume keeps its metadata."""
     r = run_fusenas(
         "mkfs",
         str(voldir),
@@ -48,6 +50,8 @@ def mkfs(voldir: Path, level: str = "raid5", members: int = 4) -> Path:
         "256M",
         "--journal-size",
         "64M",
+        "--metadata",
+        metadata or os.environ.get("FUSENAS_TEST_METADATA", "image"),
     )
     assert r.returncode == 0, r.stderr
     return voldir
@@ -150,9 +154,16 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
 
 
 @pytest.fixture
-def volume(tmp_path: Path) -> Path:
+def metadata(request: pytest.FixtureRequest) -> str | None:
+    """Where ``volume`` keeps its metadata: a module parametrizes it (indirect) to run on
+    both, else the mkfs default."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture
+def volume(tmp_path: Path, metadata: str | None) -> Path:
     """A fresh RAID5 volume (4 x 256M sparse members, 64M journal)."""
-    return mkfs(tmp_path / "vol")
+    return mkfs(tmp_path / "vol", metadata=metadata)
 
 
 @pytest.fixture

@@ -100,8 +100,9 @@ def expected(name: str) -> bytes:
     return hashlib.sha256(name.encode()).digest() * (1 + i * 37 % 3000)
 
 
-def test_kill_9_keeps_every_fsynced_file(tmp_path: Path, mounter: Mounter) -> None:
-    vol = mkfs(tmp_path / "vol")
+@pytest.mark.parametrize("metadata", ["image", "tree"])
+def test_kill_9_keeps_every_fsynced_file(tmp_path: Path, mounter: Mounter, metadata: str) -> None:
+    vol = mkfs(tmp_path / "vol", metadata=metadata)
     m = mounter.mount(vol)
     record = tmp_path / "fsynced"
     writer = subprocess.Popen(

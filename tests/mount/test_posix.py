@@ -49,6 +49,10 @@ def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
 # -- namespace ---------------------------------------------------------------------------
 
 
+#: Every test here runs on both metadata backends: the in-memory image and the pages.
+pytestmark = pytest.mark.parametrize("metadata", ["image", "tree"], indirect=True)
+
+
 def test_create_lookup_getattr_unlink(mnt: Path) -> None:
     p = mnt / "f"
     old_umask = os.umask(0o022)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.conftest import Mount, Mounter, mounted, mounter, volume
+from tests.mount.conftest import Mount, Mounter, metadata, mounted, mounter, volume
 from tests.nfs import libnfs
 
-__all__ = ["Ganesha", "NfsServer", "mounted", "mounter", "nfs", "volume"]
+__all__ = ["Ganesha", "NfsServer", "metadata", "mounted", "mounter", "nfs", "volume"]
 
 GANESHA = "/usr/bin/ganesha.nfsd"
 RPCBIND = "/usr/sbin/rpcbind"

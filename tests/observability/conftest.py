@@ -1,5 +1,5 @@
 """Observability tests reuse the real-mount fixtures of tests/mount."""
 
-from tests.mount.conftest import mnt, mounted, mounter, volume
+from tests.mount.conftest import metadata, mnt, mounted, mounter, volume
 
-__all__ = ["mnt", "mounted", "mounter", "volume"]
+__all__ = ["metadata", "mnt", "mounted", "mounter", "volume"]
