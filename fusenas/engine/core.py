@@ -35,7 +35,6 @@ from fusenas.engine.checkpointer import Checkpointer
 from fusenas.engine.config import VolumeConfig
 from fusenas.engine.metatree import MetadataTree
 from fusenas.errors import DataLostError, FsError
-from fusenas.meta.btree import PageMiss
 from fusenas.meta.locks import LockShardTable
 from fusenas.meta.store import MetadataStore
 from fusenas.stripe.cache import StripeCache
@@ -256,13 +255,10 @@ class Engine:
 
     async def run_meta(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run a synchronous metadata call; on pages, load the page it missed and run it
-        again (docs/metadata_format.md, "Operations stay atomic"). In memory: one call."""
-        while True:
-            try:
-                return fn(*args, **kw)
-            except PageMiss as miss:
-                assert self.metadata_tree is not None
-                await self.metadata_tree.read_page(miss)
+        again (``MetadataTree.run``). In memory: one call, no schedule point."""
+        if self.metadata_tree is None:
+            return fn(*args, **kw)
+        return await self.metadata_tree.run(fn, *args, **kw)
 
     async def sync(self) -> None:
         """Make everything done so far durable (fsync): one group commit of the WAL."""

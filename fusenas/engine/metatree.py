@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -37,6 +38,8 @@ from fusenas.meta.root import RootDescriptor
 from fusenas.meta.space import SpaceMap
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Default bound of the page cache (``-o meta_cache``), bytes.
 DEFAULT_META_CACHE = 128 << 20
@@ -103,22 +106,21 @@ class MetadataTree:
         """Mark the chunks of the root descriptor used in the free space where the tree does
         not yet (a chunk added by the last checkpoint reaches the tree at the next one)."""
         for run in self.chunk_runs():
-            while True:
-                try:
-                    self.space.ensure_used(self.state.view, self.state.live, [run])
-                except PageMiss as miss:
-                    await self.read_page(miss)
-                    continue
-                break
+            await self.run(self.space.ensure_used, self.state.view, self.state.live, [run])
 
     def chunk_runs(self) -> list[tuple[int, int]]:
         """The data-area blocks the metadata chunks hold (whole stripes each)."""
         take = -(-CHUNK_BLOCKS // self.stripe_blocks) * self.stripe_blocks
         return [(c.first, take) for c in self.chunks.chunks]
 
-    async def read_page(self, miss: PageMiss) -> None:
-        """Load the page a synchronous read missed."""
-        await self.pages.read(miss.ref)
+    async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run a synchronous call that reads pages; when it misses one, load it and run the
+        call again from the start (docs/metadata_format.md, "Operations stay atomic")."""
+        while True:
+            try:
+                return fn(*args, **kw)
+            except PageMiss as miss:
+                await self.pages.read(miss.ref)
 
     # -- a checkpoint -------------------------------------------------------------------------
 
@@ -218,18 +220,16 @@ class MetadataTree:
         then the chunk table in the root descriptor is what protects them)."""
         stripe = self.stripe_blocks
         take = -(-CHUNK_BLOCKS // stripe) * stripe
+
+        def take_chunk() -> list[tuple[int, int]]:
+            runs = self.space.allocate(self.state.view, take, busy=self.busy)
+            if len(runs) != 1 or runs[0][0] % stripe:
+                raise NoSpaceError("no 16 MiB of contiguous free space for metadata")
+            self.space.mark_used(self.state.view, self.state.live, runs)
+            return runs
+
         while self.chunks.free_pages < need:
-            while True:
-                try:
-                    runs = self.space.allocate(self.state.view, take, busy=self.busy)
-                    if len(runs) != 1 or runs[0][0] % stripe:
-                        raise NoSpaceError("no 16 MiB of contiguous free space for metadata")
-                    self.space.mark_used(self.state.view, self.state.live, runs)
-                except PageMiss as miss:
-                    await self.read_page(miss)
-                    continue
-                break
-            first = runs[0][0]
+            first = (await self.run(take_chunk))[0][0]
             if self._new_chunk is not None:
                 await self._new_chunk(first, take)
             self.chunks.add_chunk(first)

@@ -155,16 +155,25 @@ def set_blocks(
     if crcs is not None and total != len(crcs):
         raise ValueError(f"{len(crcs)} checksums for {total} blocks")
     freed = punch(view, mem, ino, first, total)
-    limit = MAX_UNWRITTEN_BLOCKS if crcs is None else MAX_WRITTEN_BLOCKS
     pos = first
     for vol, n in vol_runs:
-        for done in range(0, n, limit):
-            k = min(n - done, limit)
-            if crcs is None:
-                item = ExtentItem(vol + done, k, UNWRITTEN, array("I"))
-            else:
-                at = pos - first + done
-                item = ExtentItem(vol + done, k, 0, array("I", crcs[at : at + k]))
-            _put(mem, ino, pos + done, item)
+        at = pos - first
+        put_blocks(mem, ino, pos, vol, n, None if crcs is None else crcs[at : at + n])
         pos += n
     return freed
+
+
+def put_blocks(
+    mem: Memtable, ino: int, first: int, vol: int, n: int, crcs: Sequence[int] | None
+) -> None:
+    """Write the items that map file blocks ``[first, first+n)`` to volume blocks from
+    ``vol``: written with ``crcs`` (one per block), or unwritten with None. No read: the
+    range must hold no item (``set_blocks`` punches it first)."""
+    limit = MAX_UNWRITTEN_BLOCKS if crcs is None else MAX_WRITTEN_BLOCKS
+    for done in range(0, n, limit):
+        k = min(n - done, limit)
+        if crcs is None:
+            item = ExtentItem(vol + done, k, UNWRITTEN, array("I"))
+        else:
+            item = ExtentItem(vol + done, k, 0, array("I", crcs[done : done + k]))
+        _put(mem, ino, first + done, item)

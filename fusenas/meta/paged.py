@@ -40,7 +40,7 @@ from fusenas.meta.keys import (
 from fusenas.meta.memtable import LayeredView, Memtable
 from fusenas.meta.model import FIRST_COOKIE
 from fusenas.meta.records import DirEntry, InodeRecord
-from fusenas.meta.space import SpaceMap
+from fusenas.meta.space import GROUP_BLOCKS, SpaceMap, zero_runs
 
 #: Decoded inodes kept (clean ones are dropped least recently used first).
 INODE_CACHE = 4096
@@ -434,9 +434,7 @@ class ExtentView:
                 while j < n and (crcs[at + j] == UNWRITTEN) == unwritten:
                     j += 1
                 part = None if unwritten else crcs[at + k : at + j]
-                extent_items.set_blocks(
-                    self._view(), mem, self._ino, pos + k, [(vol + k, j - k)], part
-                )
+                extent_items.put_blocks(mem, self._ino, pos + k, vol + k, j - k, part)
                 k = j
             pos += n
             at += n
@@ -571,10 +569,10 @@ class SpaceAllocator:
         view = self.state.view
         got = 0
         while n > 0:
-            g = start // 8192
-            k = min(n, (g + 1) * 8192 - start)
+            g = start // GROUP_BLOCKS
+            k = min(n, (g + 1) * GROUP_BLOCKS - start)
             bits = self.space.bits(view, g)
-            off = start - g * 8192
+            off = start - g * GROUP_BLOCKS
             got += int(k - bits[off : off + k].sum())
             start, n = start + k, n - k
         return got
@@ -609,19 +607,10 @@ class SpaceAllocator:
         out: list[VolRun] = []
         view = self.state.view
         for g in range(self.space.groups):
-            bits = self.space.bits(view, g)
-            b = 0
-            while b < len(bits):
-                if bits[b]:
-                    b += 1
-                    continue
-                e = b
-                while e < len(bits) and not bits[e]:
-                    e += 1
-                s = g * 8192 + b
+            starts, lens = zero_runs(self.space.bits(view, g), g * GROUP_BLOCKS)
+            for s, n in zip(starts.tolist(), lens.tolist(), strict=True):
                 if out and out[-1][0] + out[-1][1] == s:
-                    out[-1] = (out[-1][0], out[-1][1] + e - b)
+                    out[-1] = (out[-1][0], out[-1][1] + n)
                 else:
-                    out.append((s, e - b))
-                b = e
+                    out.append((s, n))
         return out

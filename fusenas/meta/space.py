@@ -60,7 +60,7 @@ def summary_key(first_group: int) -> bytes:
     return bytes((Kind.SPACESUM,)) + _U64.pack(first_group)
 
 
-def _zero_runs(bits: Bits, lo: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+def zero_runs(bits: Bits, lo: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Starts and lengths of the runs of 0 in ``bits`` (offsets within ``bits``, plus
     ``lo``)."""
     padded = np.concatenate(([1], bits, [1])).astype(np.int8)
@@ -270,7 +270,7 @@ class _Plan:
 
     def _aligned_start(self, g: int, need: int) -> int | None:
         stripe = self.space.stripe
-        starts, lens = _zero_runs(self.bits(g))
+        starts, lens = zero_runs(self.bits(g))
         best: tuple[int, int] | None = None
         for s, ln in zip(starts.tolist(), lens.tolist(), strict=True):
             a = -(-(g * GROUP_BLOCKS + s) // stripe) * stripe - g * GROUP_BLOCKS
@@ -321,7 +321,7 @@ class _Plan:
 
     def best_fit(self, need: int) -> int:
         for g in self.groups(need):
-            starts, lens = _zero_runs(self.bits(g))
+            starts, lens = zero_runs(self.bits(g))
             fits = np.flatnonzero(lens >= need)
             if len(fits):
                 k = fits[np.argmin(lens[fits])]
@@ -331,7 +331,7 @@ class _Plan:
 
     def largest(self, need: int) -> int:
         for g in self.groups(1):
-            starts, lens = _zero_runs(self.bits(g))
+            starts, lens = zero_runs(self.bits(g))
             k = int(np.argmax(lens))
             n = min(int(lens[k]), need)
             self.take(g * GROUP_BLOCKS + int(starts[k]), n)
